@@ -1,0 +1,976 @@
+"""Use cases of the digital base: layers, atomic bulk imports, feature edits with history,
+spatial queries, "as of" reads and exports.
+
+Bulk paths (DESIGN §8 "Imports"): on PostgreSQL binary-speed ``COPY`` into the table (or into
+a staging table and one set-based merge when ``--key`` upserts); on SQLite chunked
+``executemany``; history is written set-based with ``INSERT … SELECT``. One transaction per
+import: a bad row refuses the whole file and the database is unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import jsonschema
+import numpy as np
+import pandas as pd
+import shapely
+from pydantic import BaseModel
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import Select, func, select, text, update
+from sqlalchemy.orm import Session
+
+from cityops.base.models import HOT_FIELDS, Feature, FeatureHistory, ImportRun, Layer
+from cityops.core import audit
+from cityops.core.db import Database, utcnow
+from cityops.core.errors import (
+    Conflict,
+    FieldError,
+    ImportFailed,
+    NotFound,
+    ValidationFailed,
+)
+from cityops.core.geometry import to_db, to_db_array
+from cityops.core.rules import load_rules
+from cityops.settings import get_settings
+
+Progress = Callable[[str, int, int], None]
+
+STATE_COLS = ["key", *HOT_FIELDS, "props", "geom", "minx", "miny", "maxx", "maxy"]
+FEATURE_COLS = ["layer", *STATE_COLS, "version", "updated_at", "updated_by"]
+HISTORY_STATE = ["key", *HOT_FIELDS, "props", "geom"]
+LAYER_NAME = re.compile(r"^[a-z][a-z0-9_]{1,62}$")
+CHUNK = 20_000
+
+
+# ---------------------------------------------------------------------------------- layers
+class LayerDef(BaseModel):
+    name: str
+    title: str
+    title_zh: str = ""
+    geometry_type: str = "Geometry"
+    description: str = ""
+    properties_schema: dict[str, Any] = {}
+
+
+class LayerCatalogue(BaseModel):
+    version: int
+    source: str
+    layers: list[LayerDef]
+
+
+def fixed_layers() -> list[LayerDef]:
+    return load_rules("base/layers.yaml", LayerCatalogue).layers
+
+
+def ensure_layers(session: Session) -> None:
+    """Create the fixed layers that are missing (idempotent)."""
+    for d in fixed_layers():
+        row = session.get(Layer, d.name)
+        if row is None:
+            session.add(
+                Layer(
+                    name=d.name,
+                    title=d.title,
+                    title_zh=d.title_zh,
+                    description=d.description,
+                    fixed=True,
+                    geometry_type=d.geometry_type,
+                    json_schema=d.properties_schema,
+                )
+            )
+    session.flush()
+
+
+def get_layer(session: Session, name: str) -> Layer:
+    layer = session.get(Layer, name)
+    if layer is None:
+        names = ", ".join(session.scalars(select(Layer.name).order_by(Layer.name)))
+        raise NotFound(
+            f"No layer {name!r}. Layers: {names or '(none yet: run cityops db upgrade)'}."
+        )
+    return layer
+
+
+def create_layer(
+    session: Session,
+    name: str,
+    title: str,
+    *,
+    actor: str,
+    title_zh: str = "",
+    description: str = "",
+    geometry_type: str = "Geometry",
+    properties_schema: dict[str, Any] | None = None,
+    public: bool | None = None,
+) -> Layer:
+    """A custom layer: no DDL, its extra attributes validated by ``properties_schema``."""
+    if not LAYER_NAME.match(name):
+        raise ValidationFailed(
+            "Layer name must be lower-case letters, digits and '_' (2-63 characters), "
+            "starting with a letter.",
+            [FieldError("name", f"{name!r} is not a valid layer name")],
+        )
+    if session.get(Layer, name) is not None:
+        raise Conflict(f"Layer {name!r} exists already.")
+    schema = properties_schema or {}
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValidationFailed(
+            "properties_schema is not a valid JSON Schema.",
+            [FieldError("properties_schema", exc.message)],
+        ) from exc
+    layer = Layer(
+        name=name,
+        title=title,
+        title_zh=title_zh,
+        description=description,
+        fixed=False,
+        geometry_type=geometry_type,
+        json_schema=schema,
+        public=public,
+    )
+    session.add(layer)
+    audit.record(session, actor, "layer.create", "layer", name, {"title": title})
+    session.flush()
+    return layer
+
+
+def is_public(layer: Layer) -> bool:
+    if layer.public is not None:
+        return layer.public
+    public = get_settings().public_collection_set()
+    return public is None or layer.name in public
+
+
+def layer_counts(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Feature.layer, func.count()).group_by(Feature.layer))
+    return {name: int(n) for name, n in rows}
+
+
+_extent_cache: dict[tuple[str, str], tuple[float, list[float] | None]] = {}
+
+
+def layer_extent(session: Session, layer: str) -> list[float] | None:
+    """[minx, miny, maxx, maxy] of a layer (cached for a minute: it scans the layer)."""
+    cache_key = (str(session.get_bind().url), layer)
+    hit = _extent_cache.get(cache_key)
+    if hit and time.monotonic() - hit[0] < 60:
+        return hit[1]
+    row = session.execute(
+        select(
+            func.min(Feature.minx),
+            func.min(Feature.miny),
+            func.max(Feature.maxx),
+            func.max(Feature.maxy),
+        ).where(Feature.layer == layer)
+    ).one()
+    extent = None if row[0] is None else [float(v) for v in row]
+    _extent_cache[cache_key] = (time.monotonic(), extent)
+    return extent
+
+
+# ---------------------------------------------------------------------------------- imports
+@dataclass
+class PreparedRows:
+    """Columns ready for the database, in :data:`FEATURE_COLS` order (minus ``layer``)."""
+
+    n: int
+    columns: dict[str, list[Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _none_if_nan(values: Sequence[Any]) -> list[Any]:
+    return [None if (v is None or (isinstance(v, float) and np.isnan(v))) else v for v in values]
+
+
+def _coerce_hot(frame: pd.DataFrame, file: str, errors: list[FieldError]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    n = len(frame)
+    for name, typ in HOT_FIELDS.items():
+        if name not in frame.columns:
+            out[name] = [None] * n
+            continue
+        col = frame[name]
+        if typ is str:
+            s = col.astype(object).where(col.notna(), None)
+            out[name] = [None if v is None else str(v) for v in s.tolist()]
+            continue
+        num = pd.to_numeric(col, errors="coerce")
+        bad = num.isna() & col.notna() & (col.astype(str).str.strip() != "")
+        if typ is int:
+            frac = num.notna() & (num.round() != num)
+            bad |= frac
+        for i in np.flatnonzero(bad.to_numpy())[: 20 - len(errors)]:
+            errors.append(
+                FieldError(
+                    f"feature {i + 1}.{name}",
+                    f"{col.iloc[i]!r} is not {'an integer' if typ is int else 'a number'}",
+                )
+            )
+        if typ is int:
+            vals = num.astype("Int64").astype(object).where(num.notna(), None).tolist()
+        else:
+            vals = _none_if_nan(num.astype(float).tolist())
+        out[name] = vals
+    return out
+
+
+def prepare_rows(
+    gdf: gpd.GeoDataFrame,
+    *,
+    file: str,
+    layer: Layer,
+    key: str | None,
+    dialect: str,
+) -> PreparedRows:
+    """Validate and convert a WGS84 GeoDataFrame into column lists (vectorised)."""
+    n = len(gdf)
+    if n == 0:
+        raise ImportFailed(file, "the file has no features: nothing to import")
+    geoms = np.asarray(gdf.geometry.array, dtype=object)
+    missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise ImportFailed(
+            file, "the geometry is missing or empty; fix or drop it", location=f"feature {i + 1}"
+        )
+    valid = shapely.is_valid(geoms)
+    if not valid.all():
+        i = int(np.flatnonzero(~valid)[0])
+        reason = shapely.is_valid_reason(geoms[i])
+        raise ImportFailed(
+            file,
+            f"invalid geometry ({reason}); repair it (e.g. ST_MakeValid / buffer(0)) and retry",
+            location=f"feature {i + 1}",
+        )
+    bounds = shapely.bounds(geoms)
+    if (
+        (bounds[:, 0] < -180).any()
+        or (bounds[:, 2] > 180).any()
+        or (bounds[:, 1] < -90).any()
+        or (bounds[:, 3] > 90).any()
+    ):
+        i = int(
+            np.flatnonzero(
+                (bounds[:, 0] < -180)
+                | (bounds[:, 2] > 180)
+                | (bounds[:, 1] < -90)
+                | (bounds[:, 3] > 90)
+            )[0]
+        )
+        raise ImportFailed(
+            file,
+            "coordinates are not longitude/latitude after reprojection: declare the file's "
+            "CRS with --crs (e.g. --crs EPSG:4547)",
+            location=f"feature {i + 1}",
+        )
+    errors: list[FieldError] = []
+    attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
+    hot = _coerce_hot(attrs, file, errors)
+    if errors:
+        raise ImportFailed(
+            file,
+            f"{len(errors)} attribute value(s) have the wrong type; the first is "
+            f"{errors[0].field}: {errors[0].message}",
+            errors=errors,
+        )
+    keys: list[Any] = [None] * n
+    if key is not None:
+        if key not in attrs.columns:
+            raise ImportFailed(
+                file,
+                f"key column {key!r} is not in the file; columns: {', '.join(attrs.columns)}",
+            )
+        kser = attrs[key]
+        if kser.isna().any():
+            i = int(np.flatnonzero(kser.isna().to_numpy())[0])
+            raise ImportFailed(
+                file, f"the key column {key!r} is empty", location=f"feature {i + 1}"
+            )
+        kstr = kser.astype(str)
+        dup = kstr.duplicated(keep=False)
+        if dup.any():
+            first = kstr[dup].iloc[0]
+            rows = (np.flatnonzero((kstr == first).to_numpy())[:5] + 1).tolist()
+            raise ImportFailed(
+                file,
+                f"duplicate key {first!r} in column {key!r} (features {rows}); a key must be "
+                "unique within the file",
+            )
+        keys = kstr.tolist()
+    extra_cols = [c for c in attrs.columns if c not in HOT_FIELDS]
+    if extra_cols:
+        extra = attrs[extra_cols]
+        lines = extra.to_json(
+            orient="records", lines=True, force_ascii=False, date_format="iso"
+        ).splitlines()
+    else:
+        lines = ["{}"] * n
+    if layer.json_schema:
+        validator = jsonschema.Draft202012Validator(layer.json_schema)
+        schema_errors: list[FieldError] = []
+        for i, line in enumerate(lines):
+            for err in validator.iter_errors(json.loads(line)):
+                path = ".".join(str(p) for p in err.absolute_path) or "(properties)"
+                schema_errors.append(FieldError(f"feature {i + 1}.{path}", err.message))
+                if len(schema_errors) >= 20:
+                    break
+            if len(schema_errors) >= 20:
+                break
+        if schema_errors:
+            raise ImportFailed(
+                file,
+                f"attributes do not match layer {layer.name!r}'s schema; first: "
+                f"{schema_errors[0].field}: {schema_errors[0].message}",
+                errors=schema_errors,
+            )
+    columns: dict[str, list[Any]] = {"key": keys, **hot, "props": lines}
+    columns["geom"] = to_db_array(geoms, dialect).tolist()
+    for j, name in enumerate(("minx", "miny", "maxx", "maxy")):
+        columns[name] = bounds[:, j].tolist()
+    return PreparedRows(n=n, columns=columns)
+
+
+def _layer_lock(session: Session, layer: str) -> None:
+    """Serialise writers of one layer on PostgreSQL (SQLite's BEGIN IMMEDIATE already does)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:k)"),
+            {"k": zlib.crc32(f"layer:{layer}".encode()) & 0x7FFFFFFF},
+        )
+
+
+def _sqlite_ts(t: dt.datetime) -> str:
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _load_rows(
+    session: Session,
+    table: str,
+    rows: PreparedRows,
+    layer: str,
+    now: dt.datetime,
+    actor: str,
+    progress: Progress | None,
+) -> None:
+    """Bulk-load prepared rows into ``table`` (features or the staging table)."""
+    dialect = session.get_bind().dialect.name
+    cols = FEATURE_COLS
+    state = [rows.columns[c] for c in STATE_COLS]
+    raw = session.connection().connection.dbapi_connection
+    assert raw is not None
+    if dialect == "postgresql":
+        with (
+            raw.cursor() as cur,
+            cur.copy(f"COPY {table} ({', '.join(_q(c) for c in cols)}) FROM STDIN") as copy,
+        ):
+            for i, values in enumerate(zip(*state, strict=True)):
+                copy.write_row((layer, *values, 1, now, actor))
+                if progress and i % CHUNK == 0:
+                    progress("write", i, rows.n)
+    else:
+        ts = _sqlite_ts(now)
+        sql = (
+            f"INSERT INTO {table} ({', '.join(_q(c) for c in cols)}) "
+            f"VALUES ({', '.join('?' for _ in cols)})"
+        )
+        cur = raw.cursor()
+        it = zip(*state, strict=True)
+        done = 0
+        while True:
+            chunk = [(layer, *v, 1, ts, actor) for v in _take(it, CHUNK)]
+            if not chunk:
+                break
+            cur.executemany(sql, chunk)
+            done += len(chunk)
+            if progress:
+                progress("write", done, rows.n)
+        cur.close()
+    if progress:
+        progress("write", rows.n, rows.n)
+
+
+def _take(it: Iterable[Any], n: int) -> list[Any]:
+    out = []
+    for v in it:
+        out.append(v)
+        if len(out) >= n:
+            break
+    return out
+
+
+def _q(col: str) -> str:
+    return f'"{col}"'
+
+
+_HIST_COLS = ", ".join(_q(c) for c in HISTORY_STATE)
+
+
+def _history_from_features(
+    session: Session,
+    where: str,
+    params: dict[str, Any],
+    op: str,
+    reason: str,
+    import_id: int | None,
+) -> None:
+    """Set-based history: one INSERT … SELECT of the current state of the chosen features."""
+    session.execute(
+        text(
+            "INSERT INTO feature_history (feature_id, layer, version, op, valid_from, valid_to, "
+            f"actor, reason, import_id, {_HIST_COLS}) "
+            f"SELECT id, layer, version, :op, updated_at, NULL, updated_by, :reason, :import_id, "
+            f"{_HIST_COLS} FROM features WHERE {where}"
+        ),
+        {**params, "op": op, "reason": reason, "import_id": import_id},
+    )
+
+
+def import_frame(
+    db: Database,
+    gdf: gpd.GeoDataFrame,
+    *,
+    layer: str,
+    file: str,
+    fmt: str,
+    source_crs: str,
+    key: str | None = None,
+    actor: str = "system",
+    reason: str = "",
+    warnings: Sequence[str] = (),
+    progress: Progress | None = None,
+    create_missing_layer: bool = True,
+) -> ImportRun:
+    """Import a WGS84 GeoDataFrame into ``layer`` atomically.
+
+    Without ``key`` rows are appended; with ``key`` they are upserted on that column (a key
+    repeated in the file is an error). Nothing is written unless everything is valid.
+    """
+    now = utcnow()
+    with db.write() as session:
+        if session.get(Layer, layer) is None:
+            if not create_missing_layer:
+                get_layer(session, layer)
+            create_layer(session, layer, layer.replace("_", " ").title(), actor=actor)
+        layer_row = get_layer(session, layer)
+        rows = prepare_rows(gdf, file=file, layer=layer_row, key=key, dialect=db.dialect)
+        _layer_lock(session, layer)
+        run = ImportRun(
+            layer=layer,
+            file=file,
+            format=fmt,
+            source_crs=source_crs,
+            key=key,
+            warnings=list(warnings),
+            actor=actor,
+            at=now,
+        )
+        session.add(run)
+        session.flush()
+        why = reason or f"import {Path(file).name}"
+        max_before = session.scalar(select(func.coalesce(func.max(Feature.id), 0))) or 0
+        updated = 0
+        if key is None:
+            _load_rows(session, "features", rows, layer, now, actor, progress)
+        else:
+            updated = _merge_by_key(session, rows, layer, now, actor, progress, why, run.id)
+        if progress:
+            progress("history", 0, 1)
+        _history_from_features(
+            session,
+            "layer = :layer AND id > :max_before",
+            {"layer": layer, "max_before": max_before},
+            "insert",
+            why,
+            run.id,
+        )
+        inserted = rows.n - updated
+        run.inserted, run.updated = inserted, updated
+        audit.record(
+            session,
+            actor,
+            "layer.import",
+            "layer",
+            layer,
+            {"file": file, "inserted": inserted, "updated": updated, "import_id": run.id},
+        )
+        if progress:
+            progress("history", 1, 1)
+    _extent_cache.clear()
+    return run
+
+
+def _merge_by_key(
+    session: Session,
+    rows: PreparedRows,
+    layer: str,
+    now: dt.datetime,
+    actor: str,
+    progress: Progress | None,
+    reason: str,
+    import_id: int,
+) -> int:
+    """Upsert through a staging table: one set-based UPDATE and one INSERT … SELECT."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        session.execute(
+            text("CREATE TEMP TABLE _stage (LIKE features INCLUDING DEFAULTS) ON COMMIT DROP")
+        )
+        session.execute(text("ALTER TABLE _stage ALTER COLUMN id DROP NOT NULL"))
+    else:
+        session.execute(text("DROP TABLE IF EXISTS temp._stage"))
+        session.execute(text("CREATE TEMP TABLE _stage AS SELECT * FROM features WHERE 0"))
+    _load_rows(session, "_stage", rows, layer, now, actor, progress)
+    session.execute(text("CREATE INDEX _stage_key ON _stage (key)"))
+    match = "features.layer = :layer AND features.key = s.key"
+    params = {"layer": layer, "now": now}
+    # close the open history rows of the features about to change
+    session.execute(
+        update(FeatureHistory)
+        .where(
+            FeatureHistory.valid_to.is_(None),
+            FeatureHistory.feature_id.in_(
+                select(Feature.id).where(
+                    Feature.layer == layer,
+                    Feature.key.in_(text("SELECT key FROM _stage")),
+                )
+            ),
+        )
+        .values(valid_to=now)
+    )
+    sets = ", ".join(f"{_q(c)} = s.{_q(c)}" for c in STATE_COLS)
+    result = session.execute(
+        text(
+            f"UPDATE features SET {sets}, version = features.version + 1, "
+            f"updated_at = s.updated_at, updated_by = s.updated_by "
+            f"FROM _stage AS s WHERE {match}"
+        ),
+        params,
+    )
+    updated = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    if updated:
+        _history_from_features(
+            session,
+            # every staged key that exists was just updated; new rows are inserted below
+            "layer = :layer AND key IN (SELECT key FROM _stage)",
+            {"layer": layer},
+            "update",
+            reason,
+            import_id,
+        )
+    cols = ", ".join(_q(c) for c in FEATURE_COLS)
+    session.execute(
+        text(
+            f"INSERT INTO features ({cols}) SELECT {cols} FROM _stage AS s WHERE NOT EXISTS "
+            f"(SELECT 1 FROM features WHERE {match})"
+        ),
+        params,
+    )
+    if dialect == "sqlite":
+        session.execute(text("DROP TABLE temp._stage"))
+    return updated
+
+
+# ---------------------------------------------------------------------------------- features
+def feature_properties(f: Feature | Any) -> dict[str, Any]:
+    """The public attributes of a feature: hot columns (non-null) then extra properties."""
+    props: dict[str, Any] = {"layer": f.layer} if hasattr(f, "layer") else {}
+    for name in HOT_FIELDS:
+        v = getattr(f, name)
+        if v is not None:
+            props[name] = v
+    extra = f.props
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    props.update(extra or {})
+    return props
+
+
+def split_properties(properties: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    hot = {k: v for k, v in properties.items() if k in HOT_FIELDS}
+    extra = {k: v for k, v in properties.items() if k not in HOT_FIELDS and k != "layer"}
+    return hot, extra
+
+
+def _check_hot(hot: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    errors: list[FieldError] = []
+    for k, v in hot.items():
+        typ = HOT_FIELDS[k]
+        if v is None:
+            out[k] = None
+        elif typ is int and not (isinstance(v, int) and not isinstance(v, bool)):
+            errors.append(FieldError(f"properties.{k}", f"{v!r} is not an integer"))
+        elif typ is float and not isinstance(v, int | float):
+            errors.append(FieldError(f"properties.{k}", f"{v!r} is not a number"))
+        elif typ is str and not isinstance(v, str):
+            errors.append(FieldError(f"properties.{k}", f"{v!r} is not a string"))
+        else:
+            out[k] = typ(v)
+    if errors:
+        raise ValidationFailed("Some properties have the wrong type.", errors)
+    return out
+
+
+def _geometry_from_geojson(obj: dict[str, Any]) -> BaseGeometry:
+    try:
+        geom = shapely.from_geojson(json.dumps(obj))
+    except Exception as exc:  # shapely raises GEOSException subclasses
+        raise ValidationFailed(
+            "geometry is not valid GeoJSON geometry.", [FieldError("geometry", str(exc))]
+        ) from exc
+    if geom.is_empty or not geom.is_valid:
+        raise ValidationFailed(
+            "geometry is empty or invalid.",
+            [FieldError("geometry", shapely.is_valid_reason(geom))],
+        )
+    return geom
+
+
+def _set_geom(f: Feature, geom: BaseGeometry) -> None:
+    f.geom = geom
+    f.minx, f.miny, f.maxx, f.maxy = (float(v) for v in geom.bounds)
+
+
+def _write_history(session: Session, f: Feature, op: str, reason: str, now: dt.datetime) -> None:
+    session.execute(
+        update(FeatureHistory)
+        .where(FeatureHistory.feature_id == f.id, FeatureHistory.valid_to.is_(None))
+        .values(valid_to=now)
+    )
+    h = FeatureHistory(
+        feature_id=f.id,
+        layer=f.layer,
+        version=f.version,
+        op=op,
+        valid_from=now,
+        valid_to=now if op == "delete" else None,
+        actor=f.updated_by,
+        reason=reason,
+    )
+    if op != "delete":
+        for c in HISTORY_STATE:
+            setattr(h, c, getattr(f, c))
+    session.add(h)
+
+
+def create_feature(
+    session: Session,
+    layer: str,
+    geometry: dict[str, Any],
+    properties: dict[str, Any],
+    *,
+    actor: str,
+    reason: str,
+) -> Feature:
+    layer_row = get_layer(session, layer)
+    hot, extra = split_properties(properties)
+    _validate_extra(layer_row, extra)
+    f = Feature(
+        layer=layer,
+        props=extra,
+        version=1,
+        updated_at=utcnow(),
+        updated_by=actor,
+        **_check_hot(hot),
+    )
+    _set_geom(f, _geometry_from_geojson(geometry))
+    _layer_lock(session, layer)
+    session.add(f)
+    session.flush()
+    _write_history(session, f, "insert", reason, f.updated_at)
+    audit.record(session, actor, "feature.create", layer, f.id, {"reason": reason})
+    _extent_cache.clear()
+    return f
+
+
+def _validate_extra(layer: Layer, extra: dict[str, Any]) -> None:
+    if not layer.json_schema:
+        return
+    errors = [
+        FieldError(
+            "properties." + (".".join(str(p) for p in e.absolute_path) or "(all)"), e.message
+        )
+        for e in jsonschema.Draft202012Validator(layer.json_schema).iter_errors(extra)
+    ]
+    if errors:
+        raise ValidationFailed(f"Properties do not match layer {layer.name!r}'s schema.", errors)
+
+
+def change_feature(
+    session: Session,
+    layer: str,
+    feature_id: int,
+    change: dict[str, Any],
+    *,
+    actor: str,
+    reason: str,
+    expected_version: int | None = None,
+) -> Feature:
+    f = get_feature(session, layer, feature_id, lock=True)
+    if expected_version is not None and f.version != expected_version:
+        raise Conflict(
+            f"Feature {feature_id} is at version {f.version}, not {expected_version}: someone "
+            "changed it meanwhile. Reload it and apply your change again."
+        )
+    layer_row = get_layer(session, layer)
+    now = utcnow()
+    props = change.get("properties") or {}
+    hot, extra = split_properties(props)
+    for k, v in _check_hot(hot).items():
+        setattr(f, k, v)
+    if extra:
+        merged = {**(f.props or {}), **extra}
+        merged = {k: v for k, v in merged.items() if v is not None}
+        _validate_extra(layer_row, merged)
+        f.props = merged
+    if change.get("geometry") is not None:
+        _set_geom(f, _geometry_from_geojson(change["geometry"]))
+    f.version += 1
+    f.updated_at, f.updated_by = now, actor
+    session.flush()
+    _write_history(session, f, "update", reason, now)
+    audit.record(
+        session,
+        actor,
+        "feature.update",
+        layer,
+        f.id,
+        {"reason": reason, "version": f.version, "changed": sorted(props)},
+    )
+    _extent_cache.clear()
+    return f
+
+
+def delete_feature(
+    session: Session, layer: str, feature_id: int, *, actor: str, reason: str
+) -> None:
+    f = get_feature(session, layer, feature_id, lock=True)
+    f.version += 1
+    f.updated_by = actor
+    _write_history(session, f, "delete", reason, utcnow())
+    session.delete(f)
+    audit.record(session, actor, "feature.delete", layer, feature_id, {"reason": reason})
+    _extent_cache.clear()
+
+
+def get_feature(session: Session, layer: str, feature_id: int, *, lock: bool = False) -> Feature:
+    stmt = select(Feature).where(Feature.id == feature_id, Feature.layer == layer)
+    if lock:
+        stmt = stmt.with_for_update()
+    f = session.scalar(stmt)
+    if f is None:
+        raise NotFound(f"No feature {feature_id} in layer {layer!r}.")
+    return f
+
+
+def feature_history(session: Session, layer: str, feature_id: int) -> list[FeatureHistory]:
+    rows = list(
+        session.scalars(
+            select(FeatureHistory)
+            .where(FeatureHistory.feature_id == feature_id, FeatureHistory.layer == layer)
+            .order_by(FeatureHistory.version, FeatureHistory.id)
+        )
+    )
+    if not rows:
+        raise NotFound(f"No feature {feature_id} in layer {layer!r}, now or in its history.")
+    return rows
+
+
+def as_of(session: Session, layer: str, feature_id: int, when: dt.datetime) -> FeatureHistory:
+    """The state of a feature at ``when`` (城建档案 "as of" query)."""
+    row = session.scalar(
+        select(FeatureHistory)
+        .where(
+            FeatureHistory.feature_id == feature_id,
+            FeatureHistory.layer == layer,
+            FeatureHistory.op != "delete",
+            FeatureHistory.valid_from <= when,
+            (FeatureHistory.valid_to.is_(None)) | (FeatureHistory.valid_to > when),
+        )
+        .order_by(FeatureHistory.version.desc())
+        .limit(1)
+    )
+    if row is None:
+        raise NotFound(f"Feature {feature_id} of {layer!r} did not exist at {when.isoformat()}.")
+    return row
+
+
+# ---------------------------------------------------------------------------------- queries
+@dataclass
+class ItemPage:
+    features: list[Feature]
+    number_matched: int
+
+
+def _filter_clause(name: str, value: str) -> Any:
+    if name in HOT_FIELDS:
+        col = getattr(Feature, name)
+        typ = HOT_FIELDS[name]
+        if typ is int:
+            try:
+                return col == int(value)
+            except ValueError as exc:
+                raise ValidationFailed(
+                    f"Filter {name} needs an integer.", [FieldError(name, f"{value!r}")]
+                ) from exc
+        if typ is float:
+            try:
+                return col == float(value)
+            except ValueError as exc:
+                raise ValidationFailed(
+                    f"Filter {name} needs a number.", [FieldError(name, f"{value!r}")]
+                ) from exc
+        return col == value
+    return Feature.props[name].as_string() == value
+
+
+def query_items(
+    session: Session,
+    layer: str,
+    *,
+    bbox: tuple[float, float, float, float] | None = None,
+    filters: dict[str, str] | None = None,
+    limit: int = 10,
+    offset: int = 0,
+) -> ItemPage:
+    """A page of features in id order; ``bbox`` keeps features whose geometry intersects it.
+
+    SQLite: the R*Tree gives bbox-overlap candidates; features wholly inside the box match
+    for sure, and only those crossing its edge are tested exactly with Shapely. PostgreSQL:
+    ``&&`` on the GiST index then ``ST_Intersects``.
+    """
+    dialect = session.get_bind().dialect.name
+    where = [Feature.layer == layer]
+    for name, value in (filters or {}).items():
+        where.append(_filter_clause(name, value))
+    stmt: Select[Any] = select(Feature).where(*where)
+    count_stmt = select(func.count()).select_from(Feature).where(*where)
+    if bbox is not None:
+        minx, miny, maxx, maxy = bbox
+        if dialect == "postgresql":
+            env = func.ST_MakeEnvelope(minx, miny, maxx, maxy, 4326)
+            cond = func.ST_Intersects(Feature.geom, env)
+            stmt, count_stmt = stmt.where(cond), count_stmt.where(cond)
+        else:
+            rtree = text(
+                "features.id IN (SELECT id FROM features_rtree WHERE minx <= :bmaxx AND "
+                "maxx >= :bminx AND miny <= :bmaxy AND maxy >= :bminy)"
+            ).bindparams(bminx=minx, bminy=miny, bmaxx=maxx, bmaxy=maxy)
+            excluded = _sqlite_bbox_exclusions(session, layer, where, bbox)
+            conds = [rtree]
+            if excluded:
+                conds.append(Feature.id.not_in(excluded))
+            stmt, count_stmt = stmt.where(*conds), count_stmt.where(*conds)
+    features = list(session.scalars(stmt.order_by(Feature.id).limit(limit).offset(offset)))
+    matched = int(session.scalar(count_stmt) or 0)
+    return ItemPage(features=features, number_matched=matched)
+
+
+def _sqlite_bbox_exclusions(
+    session: Session, layer: str, where: list[Any], bbox: tuple[float, float, float, float]
+) -> list[int]:
+    """Ids whose bounding box overlaps ``bbox`` but whose geometry does not intersect it."""
+    minx, miny, maxx, maxy = bbox
+    crossing = text(
+        "features.id IN (SELECT id FROM features_rtree WHERE minx <= :bmaxx AND maxx >= :bminx "
+        "AND miny <= :bmaxy AND maxy >= :bminy AND NOT (minx >= :bminx AND maxx <= :bmaxx AND "
+        "miny >= :bminy AND maxy <= :bmaxy))"
+    ).bindparams(bminx=minx, bminy=miny, bmaxx=maxx, bmaxy=maxy)
+    rows = session.execute(select(Feature.id, Feature.geom).where(*where, crossing)).all()
+    if not rows:
+        return []
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    geoms = np.array([r[1] for r in rows], dtype=object)
+    box = shapely.box(minx, miny, maxx, maxy)
+    hit = shapely.intersects(geoms, box)
+    return ids[~hit].tolist()
+
+
+def layer_frame(
+    session: Session,
+    layer: str,
+    *,
+    bbox: tuple[float, float, float, float] | None = None,
+    columns: Sequence[str] | None = None,
+) -> gpd.GeoDataFrame:
+    """A whole layer (or a bbox of it) as a GeoDataFrame (for exports, grids, geocoding)."""
+    get_layer(session, layer)
+    where = [Feature.layer == layer]
+    if bbox is not None:
+        minx, miny, maxx, maxy = bbox
+        where += [
+            Feature.minx <= maxx,
+            Feature.maxx >= minx,
+            Feature.miny <= maxy,
+            Feature.maxy >= miny,
+        ]
+    cols = [Feature.id, *[getattr(Feature, c) for c in HOT_FIELDS], Feature.props, Feature.geom]
+    rows = session.execute(select(*cols).where(*where).order_by(Feature.id)).all()
+    data: dict[str, Any] = {"id": [r[0] for r in rows]}
+    for j, c in enumerate(HOT_FIELDS, start=1):
+        data[c] = [r[j] for r in rows]
+    extras = [r[-2] or {} for r in rows]
+    extra_df = pd.DataFrame.from_records(extras) if extras else pd.DataFrame()
+    df = pd.DataFrame(data)
+    df = df.dropna(axis=1, how="all") if len(df) else df
+    if len(extra_df.columns):
+        extra_df = extra_df[[c for c in extra_df.columns if c not in df.columns]]
+        df = pd.concat([df, extra_df], axis=1)
+    if columns:
+        df = df[[c for c in columns if c in df.columns]]
+    return gpd.GeoDataFrame(df, geometry=[r[-1] for r in rows], crs="EPSG:4326")
+
+
+# ---------------------------------------------------------------------------------- export
+EXPORT_FORMATS = ("geojson", "gpkg", "xlsx")
+
+
+def export_layer(db: Database, layer: str, out: Path, fmt: str | None = None) -> int:
+    """Write a layer to GeoJSON, GeoPackage or xlsx (geometry as WKT plus lon/lat)."""
+    fmt = (fmt or out.suffix.lstrip(".")).lower()
+    if fmt == "json":
+        fmt = "geojson"
+    if fmt not in EXPORT_FORMATS:
+        raise ValidationFailed(
+            f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}.",
+            [FieldError("format", fmt)],
+        )
+    with db.read() as session:
+        gdf = layer_frame(session, layer)
+    for c in gdf.columns:
+        if gdf[c].dtype == object and c != gdf.geometry.name:
+            gdf[c] = gdf[c].map(
+                lambda v: json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else v
+            )
+    if fmt == "xlsx":
+        pts = gdf.geometry.representative_point()
+        df = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
+        df["lon"], df["lat"] = pts.x, pts.y
+        df["wkt"] = shapely.to_wkt(
+            np.asarray(gdf.geometry.array, dtype=object), rounding_precision=7
+        )
+        df.to_excel(out, index=False, sheet_name=layer[:31], engine="xlsxwriter")
+    else:
+        import pyogrio
+
+        driver = "GeoJSON" if fmt == "geojson" else "GPKG"
+        if out.exists():
+            out.unlink()
+        pyogrio.write_dataframe(gdf, out, layer=layer, driver=driver)
+    return len(gdf)
+
+
+def feature_to_db(geom: BaseGeometry, dialect: str) -> bytes | str:
+    return to_db(geom, dialect)
