@@ -7,6 +7,7 @@ reaches a client.
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ from cityops.settings import Settings, get_settings
 log = logging.getLogger("cityops")
 STATIC = Path(__file__).resolve().parent / "web" / "static"
 PROBLEM = "application/problem+json"
+#: every module with a ``router`` the app mounts, in order (one line per domain)
+ROUTERS = (
+    "cityops.core.api",
+    "cityops.base.api",
+    "cityops.base.ogcapi",
+)
 
 
 def _is_ogc(request: Request) -> bool:
@@ -124,11 +131,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.signing_key = signing_key(db, settings.secret_key)
     install_error_handlers(app)
 
-    from cityops.base.api import router as base_router
-    from cityops.base.ogcapi import router as ogc_router
-    from cityops.core.api import router as core_router
-
-    app.state.routers = [core_router, base_router, ogc_router]
+    app.state.routers = [importlib.import_module(m).router for m in ROUTERS]
     for router in app.state.routers:
         app.include_router(router)
 

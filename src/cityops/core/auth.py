@@ -56,6 +56,21 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "audit:read": frozenset({"admin", "supervisor"}),
 }
 
+
+
+def register_permissions(table: dict[str, Iterable[str]]) -> None:
+    """Let a domain declare its permissions (each domain keeps its table in
+    ``<domain>/permissions.py``); a name may be declared once, with known roles only."""
+    for name, roles in table.items():
+        roles = frozenset(roles)
+        unknown = roles - set(ROLES)
+        if unknown:
+            raise ValueError(f"permission {name}: unknown roles {sorted(unknown)}")
+        if name in PERMISSIONS and PERMISSIONS[name] != roles:
+            raise ValueError(f"permission {name} is declared twice with different roles")
+        PERMISSIONS[name] = roles
+
+
 _hasher = PasswordHasher()
 ALGORITHM = "HS256"
 
