@@ -126,7 +126,13 @@ def import_cmd(
     db: DbOpt = None,
 ) -> None:
     """Import a file into a layer, atomically: a bad file or row changes nothing."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     from cityops.base import service
     from cityops.base.importers import read_source
@@ -139,7 +145,7 @@ def import_cmd(
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed:,}/{task.total:,}"),
+            MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=console,
             transient=False,

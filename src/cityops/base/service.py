@@ -949,6 +949,15 @@ def export_layer(db: Database, layer: str, out: Path, fmt: str | None = None) ->
         )
     with db.read() as session:
         gdf = layer_frame(session, layer)
+    # GeoPackage and xlsx readers treat field names case-insensitively: a source attribute
+    # "Id" next to our "id" would collide, so later duplicates get a "prop_" prefix.
+    seen: set[str] = set()
+    renames = {}
+    for c in gdf.columns:
+        if c.lower() in seen:
+            renames[c] = f"prop_{c}"
+        seen.add(renames.get(c, c).lower())
+    gdf = gdf.rename(columns=renames)
     for c in gdf.columns:
         if gdf[c].dtype == object and c != gdf.geometry.name:
             gdf[c] = gdf[c].map(
