@@ -205,7 +205,9 @@ def export_cmd(
 
 @grid_app.command("build")
 def grid_build(
-    target_area: Annotated[float, typer.Option(help="target grid area, m² (万米网格)")] = 10_000,
+    target_area: Annotated[
+        float | None, typer.Option(help="target grid area, m² (default: rules, 10,000 万米网格)")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Build unit grids for every community, cut along roads, coded under their community."""

@@ -33,8 +33,9 @@ def _grid_of_buildings(nx: int = 20, ny: int = 15) -> gpd.GeoDataFrame:
 
 @pytest.fixture
 def city(db):
-    service.import_frame(db, _grid_of_buildings(), layer="buildings", file="t", fmt="t",
-                         source_crs="EPSG:4326")
+    service.import_frame(
+        db, _grid_of_buildings(), layer="buildings", file="t", fmt="t", source_crs="EPSG:4326"
+    )
     return db
 
 
@@ -58,9 +59,11 @@ def test_items_paging_bbox_and_filters(client, city):
     fc = r.json()
     assert fc["numberMatched"] == 300 and fc["numberReturned"] == 100
     nxt = next(link for link in fc["links"] if link["rel"] == "next")["href"]
-    fc2 = httpx.Client(transport=client._transport, base_url="http://testserver").get(
-        nxt.replace("http://testserver", "")
-    ).json()
+    fc2 = (
+        httpx.Client(transport=client._transport, base_url="http://testserver")
+        .get(nxt.replace("http://testserver", ""))
+        .json()
+    )
     assert fc2["features"][0]["id"] != fc["features"][0]["id"]
     bb = "120.6002,31.3002,120.6032,31.3022"
     fcb = client.get("/ogcapi/collections/buildings/items", params={"bbox": bb}).json()
@@ -75,8 +78,13 @@ def test_items_paging_bbox_and_filters(client, city):
 
 @pytest.mark.parametrize(
     ("params", "status"),
-    [({"bbox": "1,2,3"}, 400), ({"bbox": "a,b,c,d"}, 400), ({"limit": 0}, 400),
-     ({"bbox": "10,10,0,0"}, 400), ({"f": "xml"}, 400)],
+    [
+        ({"bbox": "1,2,3"}, 400),
+        ({"bbox": "a,b,c,d"}, 400),
+        ({"limit": 0}, 400),
+        ({"bbox": "10,10,0,0"}, 400),
+        ({"f": "xml"}, 400),
+    ],
 )
 def test_items_bad_requests_use_ogc_exceptions(client, city, params, status):
     r = client.get("/ogcapi/collections/buildings/items", params=params)
@@ -114,7 +122,9 @@ def test_owslib_client_against_running_server(city, tmp_path: Path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cityops.cli", "serve", "--db", city.url, "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
         base = f"http://127.0.0.1:{port}"

@@ -66,7 +66,10 @@ def build_and_store_grids(
 ) -> int:
     """Build unit grids for every community from the areas and roads layers and replace the
     ``grids`` layer (old grids stay in history: re-gridding keeps old ids answerable)."""
-    from cityops.base.grids import build_grids
+    from cityops.base.grids import build_grids, load_grid_rules
+    from cityops.settings import get_settings
+
+    target = target_area_m2 or load_grid_rules().target_area_m2
 
     with db.read() as session:
         areas = service.layer_frame(session, "areas")
@@ -78,7 +81,10 @@ def build_and_store_grids(
         )
     communities = areas[areas["kind"] == "community"][["code", "name", "geometry"]]
     grids: gpd.GeoDataFrame = build_grids(
-        communities, roads if len(roads) else None, target_area_m2=target_area_m2
+        communities,
+        roads if len(roads) else None,
+        target_area_m2=target,
+        crs_metric=get_settings().city_crs,
     )
     grids = grids.rename(columns={"community_code": "parent_code"})
     grids["kind"] = "unit_grid"
