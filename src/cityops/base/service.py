@@ -29,6 +29,7 @@ from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Select, func, select, text, update
 from sqlalchemy.orm import Session
 
+from cityops.base.codes import check_codes
 from cityops.base.models import HOT_FIELDS, Feature, FeatureHistory, ImportRun, Layer
 from cityops.core import audit
 from cityops.core.db import Database, utcnow
@@ -278,10 +279,16 @@ def prepare_rows(
     errors: list[FieldError] = []
     attrs = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
     hot = _coerce_hot(attrs, file, errors)
+    errors += check_codes(
+        layer.name,
+        pd.Series(hot["code"], dtype=object),
+        pd.Series(hot["parent_code"], dtype=object),
+        pd.Series(hot["kind"], dtype=object),
+    )
     if errors:
         raise ImportFailed(
             file,
-            f"{len(errors)} attribute value(s) have the wrong type; the first is "
+            f"{len(errors)} attribute value(s) are wrong; the first is "
             f"{errors[0].field}: {errors[0].message}",
             errors=errors,
         )
