@@ -30,7 +30,7 @@ $(UI_OUT): $(UI_SRC)
 demo: install ui
 	$(BIN)/cityops demo --port $(PORT) $(if $(filter-out 0 false,$(CITYOPS_NO_BROWSER)),--no-browser,)
 
-test: install
+test: install ui
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: install
