@@ -386,18 +386,11 @@ def demo(
 
 
 def _mount_domains() -> None:
-    try:
-        from cityops.synth.cli import generate_city_cmd
+    from cityops.lifeline.cli import app as lifeline_app
+    from cityops.synth.cli import generate_city_cmd
 
-        app.command("generate-city")(generate_city_cmd)
-    except ImportError as exc:  # pragma: no cover - only while a domain is being written
-        console.print(f"[dim]generate-city unavailable: {exc}[/dim]")
-    try:
-        from cityops.lifeline.cli import app as lifeline_app
-
-        app.add_typer(lifeline_app, name="lifeline", help="Lifeline monitoring (城市生命线).")
-    except ImportError as exc:  # pragma: no cover
-        console.print(f"[dim]lifeline unavailable: {exc}[/dim]")
+    app.command("generate-city")(generate_city_cmd)
+    app.add_typer(lifeline_app, name="lifeline", help="Lifeline monitoring (城市生命线).")
 
 
 _mount_domains()
