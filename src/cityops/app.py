@@ -33,6 +33,8 @@ ROUTERS = (
     "cityops.core.api",
     "cityops.base.api",
     "cityops.base.ogcapi",
+    "cityops.lifeline.api",
+    "cityops.cases.api",
 )
 
 
@@ -130,6 +132,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
     app.state.db = db
     app.state.signing_key = signing_key(db, settings.secret_key)
     install_error_handlers(app)
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False)
+    def _openapi_alias() -> JSONResponse:
+        """The OpenAPI description also under the API's own prefix (public, like /openapi.json)."""
+        return JSONResponse(app.openapi())
 
     app.state.routers = [importlib.import_module(m).router for m in ROUTERS]
     for router in app.state.routers:

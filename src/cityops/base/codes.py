@@ -38,34 +38,40 @@ def check_codes(
     errors: list[FieldError] = []
     if layer not in ("areas", "grids", "components"):
         return errors
-    code = code.astype("string")
-    parent = parent.astype("string")
-    kind = kind.astype("string")
-    has = code.notna()
-    digits = code.str.fullmatch(r"\d+").fillna(False).astype(bool)
-    length = code.str.len()
-    if layer == "areas":
-        expected = kind.map(AREA_CODE_LENGTHS)
-        ok_len = (expected.isna() & (length == 6)) | (length == expected)
-    elif layer == "grids":
-        ok_len = length == 15
-    else:
-        ok_len = length.isin(COMPONENT_CODE_LENGTHS)
-    bad = has & ~(digits & ok_len.fillna(False).astype(bool))
-    for i in bad[bad].index[:limit]:
-        want = {
-            "areas": "6 digits (district), 9 (street) or 12 (community), matching its kind",
-            "grids": "15 digits (community code + 3-digit sequence)",
-            "components": "16 digits (GB/T 30428.2-2013) or 17 (GB/T 47678.5-2026)",
-        }[layer]
-        errors.append(
-            FieldError(f"feature {i + 1}.code", f"{code[i]!r} is malformed: a code has {want}")
-        )
+
+    def text(v: object) -> str | None:
+        return None if v is None or v is pd.NA or (isinstance(v, float) and v != v) else str(v)
+
+    codes = [text(v) for v in code.tolist()]
+    parents = [text(v) for v in parent.tolist()]
+    kinds = [text(v) for v in kind.tolist()]
+    want = {
+        "areas": "6 digits (district), 9 (street) or 12 (community), matching its kind",
+        "grids": "15 digits (community code + 3-digit sequence)",
+        "components": "16 digits (GB/T 30428.2-2013) or 17 (GB/T 47678.5-2026)",
+    }[layer]
+    bad = [False] * len(codes)
+    for i, c in enumerate(codes):
+        if c is None:
+            continue
+        if layer == "areas":
+            expected = AREA_CODE_LENGTHS.get(kinds[i] or "", 6)
+            ok = len(c) == expected
+        elif layer == "grids":
+            ok = len(c) == 15
+        else:
+            ok = len(c) in COMPONENT_CODE_LENGTHS
+        if not (ok and c.isascii() and c.isdigit()):
+            bad[i] = True
+            if len(errors) < limit:
+                errors.append(
+                    FieldError(f"feature {i + 1}.code", f"{c!r} is malformed: a code has {want}")
+                )
     if layer == "components":
         return errors
-    both = has & parent.notna() & ~bad
-    for i in both[both].index:
-        c, p = str(code[i]), str(parent[i])
+    for i, (c, p) in enumerate(zip(codes, parents, strict=True)):
+        if c is None or p is None or bad[i]:
+            continue
         if not c.startswith(significant_prefix(p)) or len(p) > len(c) or c == p:
             errors.append(
                 FieldError(
