@@ -33,8 +33,13 @@ def _count(db, layer: str = "buildings") -> int:
 
 def _import(db, gdf, **kw):
     return service.import_frame(
-        db, gdf, layer=kw.pop("layer", "buildings"), file="test.geojson", fmt="geojson",
-        source_crs="EPSG:4326", **kw,
+        db,
+        gdf,
+        layer=kw.pop("layer", "buildings"),
+        file="test.geojson",
+        fmt="geojson",
+        source_crs="EPSG:4326",
+        **kw,
     )
 
 
@@ -103,9 +108,11 @@ def test_bbox_query_is_exact(db):
     ell = Polygon([(0, 0), (10, 0), (10, 1), (1, 1), (1, 10), (0, 10)])
     ell = shapely.affinity.scale(ell, 0.001, 0.001, origin=(0, 0))
     ell = shapely.affinity.translate(ell, 120.6, 31.3)
-    gdf = gpd.GeoDataFrame({"name": ["ell", "inside"]},
-                           geometry=[ell, Point(120.6081, 31.3081).buffer(0.0001)],
-                           crs="EPSG:4326")
+    gdf = gpd.GeoDataFrame(
+        {"name": ["ell", "inside"]},
+        geometry=[ell, Point(120.6081, 31.3081).buffer(0.0001)],
+        crs="EPSG:4326",
+    )
     _import(db, gdf)
     q = (120.605, 31.305, 120.6095, 31.3095)
     with db.read() as s:
@@ -134,8 +141,14 @@ def test_edit_history_and_as_of(db):
         fid = s.scalar(select(Feature.id))
     t0 = dt.datetime.now(dt.UTC)
     with db.write() as s:
-        service.change_feature(s, "buildings", fid, {"properties": {"floors": 6, "note": "x"}},
-                               actor="alice", reason="survey 2026")
+        service.change_feature(
+            s,
+            "buildings",
+            fid,
+            {"properties": {"floors": 6, "note": "x"}},
+            actor="alice",
+            reason="survey 2026",
+        )
     t1 = dt.datetime.now(dt.UTC)
     with db.write() as s:
         service.delete_feature(s, "buildings", fid, actor="bob", reason="demolished")
@@ -156,22 +169,35 @@ def test_stale_version_conflicts(db):
     with db.read() as s:
         fid = s.scalar(select(Feature.id))
     with db.write() as s:
-        service.change_feature(s, "buildings", fid, {"properties": {"floors": 2}}, actor="a",
-                               reason="r")
+        service.change_feature(
+            s, "buildings", fid, {"properties": {"floors": 2}}, actor="a", reason="r"
+        )
     with pytest.raises(Conflict), db.write() as s:
-        service.change_feature(s, "buildings", fid, {"properties": {"floors": 3}}, actor="b",
-                               reason="r", expected_version=1)
+        service.change_feature(
+            s,
+            "buildings",
+            fid,
+            {"properties": {"floors": 3}},
+            actor="b",
+            reason="r",
+            expected_version=1,
+        )
 
 
 def test_custom_layer_schema_validation(db):
     with db.write() as s:
         service.create_layer(
-            s, "trees", "Street trees", actor="t",
-            properties_schema={"type": "object", "properties": {"species": {"type": "string"}},
-                               "required": ["species"]},
+            s,
+            "trees",
+            "Street trees",
+            actor="t",
+            properties_schema={
+                "type": "object",
+                "properties": {"species": {"type": "string"}},
+                "required": ["species"],
+            },
         )
-    good = gpd.GeoDataFrame({"species": ["ginkgo"]}, geometry=[Point(120.6, 31.3)],
-                            crs="EPSG:4326")
+    good = gpd.GeoDataFrame({"species": ["ginkgo"]}, geometry=[Point(120.6, 31.3)], crs="EPSG:4326")
     _import(db, good, layer="trees")
     bad = gpd.GeoDataFrame({"age": [3]}, geometry=[Point(120.6, 31.3)], crs="EPSG:4326")
     with pytest.raises(ImportFailed, match="species"):
@@ -197,8 +223,36 @@ def test_spatial_index_in_step(db):
             n = s.scalar(text("SELECT count(*) FROM features_rtree"))
             assert n == 3
         else:
-            idx = s.scalar(text("SELECT indexdef FROM pg_indexes WHERE indexname = "
-                                "'ix_features_geom'"))
+            idx = s.scalar(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_features_geom'")
+            )
             assert "gist" in idx.lower()
     with db.read() as s:
         assert s.scalar(select(func.count()).select_from(FeatureHistory)) == 3
+
+
+def test_bulk_import_rebuilds_spatial_index(db, monkeypatch):
+    """A large import into a smaller table (PostgreSQL: GiST dropped and rebuilt in the same
+    transaction) leaves a working index; a failing one leaves the index in place."""
+    monkeypatch.setattr(service, "BULK_MIN_ROWS", 3)
+    _import(db, _buildings(5))
+    with db.read() as s:
+        page = service.query_items(s, "buildings", bbox=(120.6, 31.3, 120.6012, 31.3005))
+        assert page.number_matched == 2
+        if db.is_postgres:
+            assert (
+                s.scalar(
+                    text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_features_geom'")
+                )
+                == 1
+            )
+    with pytest.raises(ImportFailed):
+        _import(db, _buildings(8, floors=[1, 2, 3, 4, 5, 6, 7, "x"]))
+    if db.is_postgres:
+        with db.read() as s:
+            assert (
+                s.scalar(
+                    text("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_features_geom'")
+                )
+                == 1
+            )

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -90,8 +91,21 @@ class Feature(Base):
 
     __table_args__ = (
         Index("ix_features_layer_id", "layer", "id"),
-        Index("ix_features_layer_code", "layer", "code"),
-        Index("uq_features_layer_key", "layer", "key", unique=True),
+        Index(
+            "ix_features_layer_code",
+            "layer",
+            "code",
+            sqlite_where=text("code IS NOT NULL"),
+            postgresql_where=text("code IS NOT NULL"),
+        ),
+        Index(
+            "uq_features_layer_key",
+            "layer",
+            "key",
+            unique=True,
+            sqlite_where=text("key IS NOT NULL"),
+            postgresql_where=text("key IS NOT NULL"),
+        ),
         {"sqlite_autoincrement": True},
     )
 
@@ -102,6 +116,11 @@ class FeatureHistory(Base):
     Together the rows are the city archive (城建档案): who changed what, when and why, the
     state before (the previous row) and after (this row); ``op`` = insert|update|delete.
     "As of" queries read these rows, never backups.
+
+    The open row (``valid_to`` NULL) of a live feature keeps no copy of the state: that state
+    is the ``features`` row itself. The state is copied into the history row in the same
+    statement that closes it (before the feature changes), so a million-row import writes
+    lean history rows and never the geometry twice.
     """
 
     __tablename__ = "feature_history"

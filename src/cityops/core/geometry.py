@@ -56,11 +56,10 @@ class Geometry(TypeDecorator[BaseGeometry]):
 
 
 def to_db(geom: BaseGeometry, dialect: str) -> bytes | str:
-    """One geometry as the backend wants it (hex EWKB for PostGIS, ISO WKB for SQLite)."""
+    """One geometry as the backend wants it: hex WKB text for PostGIS (a geometry without SRID
+    takes the column's 4326), ISO WKB bytes for SQLite."""
     if dialect == "postgresql":
-        text: str = shapely.to_wkb(
-            shapely.set_srid(geom, SRID), hex=True, include_srid=True, flavor="extended"
-        )
+        text: str = shapely.to_wkb(geom, hex=True, flavor="iso")
         return text
     raw: bytes = shapely.to_wkb(geom, flavor="iso")
     return raw
@@ -69,9 +68,7 @@ def to_db(geom: BaseGeometry, dialect: str) -> bytes | str:
 def to_db_array(geoms: np.ndarray[Any, Any], dialect: str) -> np.ndarray[Any, Any]:
     """Vectorised :func:`to_db` for bulk paths."""
     if dialect == "postgresql":
-        out: np.ndarray[Any, Any] = shapely.to_wkb(
-            shapely.set_srid(geoms, SRID), hex=True, include_srid=True, flavor="extended"
-        )
+        out: np.ndarray[Any, Any] = shapely.to_wkb(geoms, hex=True, flavor="iso")
         return out
     raw: np.ndarray[Any, Any] = shapely.to_wkb(geoms, flavor="iso")
     return raw

@@ -211,9 +211,22 @@ def upgrade() -> None:
         sqlite_autoincrement=True,
     )
     with op.batch_alter_table("features", schema=None) as batch_op:
-        batch_op.create_index("ix_features_layer_code", ["layer", "code"], unique=False)
+        # partial: layers without codes or keys (most buildings) cost these indexes nothing
+        batch_op.create_index(
+            "ix_features_layer_code",
+            ["layer", "code"],
+            unique=False,
+            sqlite_where=sa.text("code IS NOT NULL"),
+            postgresql_where=sa.text("code IS NOT NULL"),
+        )
         batch_op.create_index("ix_features_layer_id", ["layer", "id"], unique=False)
-        batch_op.create_index("uq_features_layer_key", ["layer", "key"], unique=True)
+        batch_op.create_index(
+            "uq_features_layer_key",
+            ["layer", "key"],
+            unique=True,
+            sqlite_where=sa.text("key IS NOT NULL"),
+            postgresql_where=sa.text("key IS NOT NULL"),
+        )
 
     if dialect == "postgresql":
         op.execute("CREATE INDEX ix_features_geom ON features USING GIST (geom)")
