@@ -50,8 +50,8 @@ def main() -> None:
             total = c.get("/ogcapi/collections/buildings/items", params={"limit": 1}).json()[
                 "numberMatched"
             ]
-            # a square holding about 150 buildings on average, so a 100-item page is full
-            side = ((maxx - minx) * (maxy - miny) * 150 / total) ** 0.5
+            # a square holding about 400 buildings on average, so nearly every 100-item page is full
+            side = ((maxx - minx) * (maxy - miny) * 400 / total) ** 0.5
             rng = random.Random(args.seed)
             boxes = []
             for _ in range(args.requests):
