@@ -618,7 +618,11 @@ def import_frame(
         if rows.n >= BULK_MIN_ROWS:
             # fresh statistics, or the planner keeps its empty-table plans (a bbox page then
             # scans the layer index instead of the spatial one)
-            session.execute(text("ANALYZE features" if db.is_postgres else "ANALYZE"))
+            if db.is_postgres:
+                session.execute(text("ANALYZE features"))
+            else:  # sampled, so it costs milliseconds rather than a scan of every index
+                session.execute(text("PRAGMA analysis_limit=1000"))
+                session.execute(text("ANALYZE features"))
         inserted = rows.n - updated
         run.inserted, run.updated = inserted, updated
         audit.record(
@@ -1020,8 +1024,15 @@ def query_items(
             if excluded:
                 conds.append(Feature.id.not_in(excluded))
             stmt, count_stmt = stmt.where(*conds), count_stmt.where(*conds)
-    features = list(session.scalars(stmt.order_by(Feature.id).limit(limit).offset(offset)))
-    matched = int(session.scalar(count_stmt) or 0)
+    # one round trip: the window count is computed over every match before LIMIT applies
+    rows = session.execute(
+        stmt.add_columns(func.count().over().label("matched"))
+        .order_by(Feature.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    features = [r[0] for r in rows]
+    matched = int(rows[0][1]) if rows else int(session.scalar(count_stmt) or 0)
     return ItemPage(features=features, number_matched=matched)
 
 
