@@ -1024,15 +1024,9 @@ def query_items(
             if excluded:
                 conds.append(Feature.id.not_in(excluded))
             stmt, count_stmt = stmt.where(*conds), count_stmt.where(*conds)
-    # one round trip: the window count is computed over every match before LIMIT applies
-    rows = session.execute(
-        stmt.add_columns(func.count().over().label("matched"))
-        .order_by(Feature.id)
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    features = [r[0] for r in rows]
-    matched = int(rows[0][1]) if rows else int(session.scalar(count_stmt) or 0)
+    features = list(session.scalars(stmt.order_by(Feature.id).limit(limit).offset(offset)))
+    # a separate count: a window count would materialise every match before LIMIT applies
+    matched = int(session.scalar(count_stmt) or 0)
     return ItemPage(features=features, number_matched=matched)
 
 
