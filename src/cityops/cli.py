@@ -386,11 +386,15 @@ def demo(
 
 
 def _mount_domains() -> None:
+    from cityops.cases.cli import app as cases_app
+    from cityops.cases.cli import worker_cmd
     from cityops.lifeline.cli import app as lifeline_app
     from cityops.synth.cli import generate_city_cmd
 
     app.command("generate-city")(generate_city_cmd)
     app.add_typer(lifeline_app, name="lifeline", help="Lifeline monitoring (城市生命线).")
+    app.add_typer(cases_app, name="cases", help="The case loop (一网统管 / 数字城管).")
+    app.command("worker")(worker_cmd)
 
 
 _mount_domains()

@@ -79,8 +79,9 @@ def test_bad_token_rejected(client):
 def test_validation_problem_names_the_field(client, db):
     make_user(db, "root", ["admin"])
     h = token_for(client, "root")
-    r = client.post("/api/v1/users", json={"username": "x y", "password": "short", "roles": []},
-                    headers=h)
+    r = client.post(
+        "/api/v1/users", json={"username": "x y", "password": "short", "roles": []}, headers=h
+    )
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
     fields = {e["field"] for e in r.json()["errors"]}
     assert {"username", "password", "roles"} <= fields
@@ -89,14 +90,23 @@ def test_validation_problem_names_the_field(client, db):
 def test_create_user_audited_and_unknown_role(client, db):
     make_user(db, "root", ["admin"])
     h = token_for(client, "root")
-    r = client.post("/api/v1/users", json={"username": "w1", "password": "password-123",
-                                           "roles": ["grid_worker"]}, headers=h)
+    r = client.post(
+        "/api/v1/users",
+        json={"username": "w1", "password": "password-123", "roles": ["grid_worker"]},
+        headers=h,
+    )
     assert r.status_code == 201, r.text
-    r = client.post("/api/v1/users", json={"username": "w2", "password": "password-123",
-                                           "roles": ["wizard"]}, headers=h)
+    r = client.post(
+        "/api/v1/users",
+        json={"username": "w2", "password": "password-123", "roles": ["wizard"]},
+        headers=h,
+    )
     assert r.status_code == 422 and "wizard" in r.json()["detail"]
-    r = client.post("/api/v1/users", json={"username": "w1", "password": "password-123",
-                                           "roles": ["citizen"]}, headers=h)
+    r = client.post(
+        "/api/v1/users",
+        json={"username": "w1", "password": "password-123", "roles": ["citizen"]},
+        headers=h,
+    )
     assert r.status_code == 409
     with db.read() as s:
         actions = list(s.scalars(select(AuditEntry.action)))

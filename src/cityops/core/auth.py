@@ -57,7 +57,6 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 
 
-
 def register_permissions(table: dict[str, Iterable[str]]) -> None:
     """Let a domain declare its permissions (each domain keeps its table in
     ``<domain>/permissions.py``); a name may be declared once, with known roles only."""

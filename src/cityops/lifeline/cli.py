@@ -116,3 +116,13 @@ def nab_run(
             raise typer.Exit(code=1) from exc
     typer.echo(f"wrote {len(written)} result files under {out / detector_name}")
     typer.echo(f"score them with: cityops lifeline nab-score {out} --data {data}")
+
+
+def _register_ingest_commands() -> None:
+    # ingest, simulate and register-sensors live beside the lifeline services
+    from cityops.lifeline.ingest_cli import register_commands
+
+    register_commands(app)
+
+
+_register_ingest_commands()

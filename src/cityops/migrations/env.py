@@ -5,7 +5,9 @@ from __future__ import annotations
 from alembic import context
 
 import cityops.base.models  # registers the tables
-import cityops.core.models  # noqa: F401
+import cityops.cases.models
+import cityops.core.models
+import cityops.lifeline.models  # noqa: F401
 from cityops.core.db import Base, make_engine
 
 target_metadata = Base.metadata
