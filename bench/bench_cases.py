@@ -8,9 +8,11 @@ reporter row, in one transaction — the whole 信息收集 → 立案 → 派�
 bulk-loaded set-based (executemany on SQLite, COPY on PostgreSQL) with consistent histories:
 85 % closed (6 events each), the rest open in every status.
 
-Measured per backend:
-* paced: ``--rate`` new cases/s for ``--seconds``; latency from each request's *scheduled*
-  send time (no coordinated omission): p50, p99, achieved rate, errors;
+Measured per backend (the load generator is a lean keep-alive HTTP/1.1 client on uvloop, not
+httpx, whose own CPU would compete with the server on a 2-core machine):
+* paced: ``--low-rate`` (default 40/s, a rate the machine sustains) and ``--rate`` (200/s)
+  new cases/s for ``--seconds``; latency from each request's *scheduled* send time (no
+  coordinated omission): p50, p99, achieved rate, errors; the worker drains between runs;
 * throughput: ``--clients`` connections sending back to back for ``--seconds``;
 * reference: ``pgbench -i -s 10`` then ``pgbench -T 30 -c 4 -j 2`` on a scratch database of the
   same server.
@@ -21,6 +23,7 @@ process on PostgreSQL (``--no-worker`` leaves it out).
 
     python bench/bench_cases.py --cases 1000000            # both backends
     python bench/bench_cases.py --cases 20000 --backends sqlite --seconds 10
+    python bench/bench_cases.py --reuse            # measure the seeded databases again
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import OUT, free_port, fresh_pg_db, machine, need
+from _common import OUT, PG_ADMIN, free_port, fresh_pg_db, machine, need
 
 ROOT = Path(__file__).resolve().parents[1]
 LON0, LAT0, DX, DY = 120.60, 31.30, 0.002, 0.002
@@ -598,7 +601,8 @@ def drain(url: str, timeout: float = 120, enabled: bool = True) -> None:
 
 
 def run_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
-    prepare(url, args.cases)
+    if not args.reuse:
+        prepare(url, args.cases)
     in_proc = name == "sqlite" and not args.no_worker
     workers = args.workers_sqlite if name == "sqlite" else args.workers_pg
     proc, base = serve(url, workers, in_proc)
@@ -671,6 +675,9 @@ def main() -> None:
     ap.add_argument("--workers-pg", type=int, default=2, help="uvicorn workers on PostgreSQL")
     ap.add_argument("--pgbench-seconds", type=int, default=30)
     ap.add_argument("--no-worker", action="store_true", help="run without the outbox worker")
+    ap.add_argument(
+        "--reuse", action="store_true", help="measure the databases of the previous run again"
+    )
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"{machine()}; {dt.datetime.now():%Y-%m-%d %H:%M}; {args.cases:,} existing cases")
@@ -678,9 +685,12 @@ def main() -> None:
     for name in args.backends.split(","):
         if name == "sqlite":
             path = OUT / "bench_cases.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
+            if not args.reuse:
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{path}{suffix}").unlink(missing_ok=True)
             url = f"sqlite:///{path}"
+        elif args.reuse:
+            url = PG_ADMIN.rsplit("/", 1)[0] + "/cityops_bench_cases"
         else:
             url = fresh_pg_db("cityops_bench_cases")
         results.append(run_backend(name, url, args))
