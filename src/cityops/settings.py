@@ -46,12 +46,62 @@ class Settings(BaseSettings):
     no_browser: bool = Field(False, description="`cityops demo` does not open a browser.")
     page_max: int = Field(1000, description="Largest page a client may ask for (limit).")
 
+    # ------------------------------------------------------------------ the demo's simulator
+    simulate: bool = Field(
+        True,
+        description="`cityops demo` runs the lifeline simulator inside its server so the map is "
+        "alive (readings, injected incidents, alarms). Only ever on a database that `cityops "
+        "demo` created (marked in app_state): any other database never gets simulated data, "
+        "whatever this says. false: the demo serves its city without the simulator.",
+    )
+    simulate_speed: float = Field(
+        10.0,
+        gt=0,
+        description="How much faster than real time the demo's sensors report and its injected "
+        "incidents unfold (the first incidents raise alarms within a few minutes at 10).",
+    )
+
+    # ---------------------------------------------------------------------- the case loop
+    attachments_dir: Path | None = Field(
+        None,
+        description="Directory for case photos (stored outside the database rows, by SHA-256). "
+        "Unset: '<database file>.files/' beside an SQLite database, ./cityops-attachments "
+        "otherwise.",
+    )
+    attachment_max_bytes: int = Field(10 * 1024 * 1024, description="Largest photo accepted.")
+    contact_key: str | None = Field(
+        None,
+        description="Fernet key (cryptography) that encrypts reporters' contact details. "
+        "Unset: a key generated once and kept in the database's app_state — then a copy of the "
+        "database alone decrypts them, so set it in production.",
+    )
+    webhook_urls: str = Field(
+        "", description="Comma-separated URLs that receive every case event (escalations too)."
+    )
+    webhook_secret: str | None = Field(
+        None, description="Shared secret of the X-Cityops-Signature HMAC on webhook bodies."
+    )
+    sms_gateway_url: str | None = Field(None, description="SMS gateway for reporter notices.")
+    smtp_url: str | None = Field(None, description="smtp://user:pass@host:port for e-mail.")
+    mail_from: str = Field("cityops@localhost", description="Sender address of e-mails.")
+    worker_in_process: str = Field(
+        "auto",
+        description="Run the outbox/overdue worker inside `cityops serve`: on, off, or auto "
+        "(on for SQLite, off for PostgreSQL where `cityops worker` processes run).",
+    )
+    worker_interval: float = Field(2.0, description="Seconds between worker rounds.")
+    stream_poll: float = Field(1.0, description="Seconds between live-feed (SSE) polls.")
+
     def public_collection_set(self) -> set[str] | None:
         """``None`` means every collection is public."""
         text = self.public_collections.strip()
         if text == "*":
             return None
         return {c.strip() for c in text.split(",") if c.strip()}
+
+    def webhooks(self) -> list[str]:
+        """The receivers of ``webhook_urls``."""
+        return [u.strip() for u in self.webhook_urls.split(",") if u.strip()]
 
 
 @lru_cache

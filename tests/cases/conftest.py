@@ -118,15 +118,16 @@ def seed_city(db: Any) -> None:
 
 @pytest.fixture(autouse=True)
 def _case_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from cityops.cases import config, service
+    from cityops.cases import service
+    from cityops.settings import get_settings
 
     monkeypatch.setenv("CITYOPS_ATTACHMENTS_DIR", str(tmp_path / "files"))
     monkeypatch.setenv("CITYOPS_WORKER_IN_PROCESS", "off")
-    config.case_settings.cache_clear()
+    get_settings.cache_clear()
     service.clear_caches()
     yield
     service.set_clock(None)
-    config.case_settings.cache_clear()
+    get_settings.cache_clear()
     service.clear_caches()
 
 

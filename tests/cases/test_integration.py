@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cityops.cases import config, service, worker
+from cityops.cases import service, worker
 from cityops.cases.models import Case
 from cityops.cases.schemas import CaseCreate, Location, Source
 from cityops.core import events, notify
@@ -97,13 +97,13 @@ def test_worker_runs_inside_the_server_on_request(
     from fastapi.testclient import TestClient
 
     from cityops.app import create_app
-    from cityops.settings import Settings
+    from cityops.settings import Settings, get_settings
     from tests.cases.conftest import ensure_user
     from tests.conftest import token_for
 
     monkeypatch.setenv("CITYOPS_WORKER_IN_PROCESS", "on")
     monkeypatch.setenv("CITYOPS_WORKER_INTERVAL", "0.1")
-    config.case_settings.cache_clear()
+    get_settings.cache_clear()
     ensure_user(city, "gw")
     app = create_app(Settings(database_url=city.url), city)
     with TestClient(app) as client:

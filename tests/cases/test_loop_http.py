@@ -275,7 +275,7 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from cityops.cases import config
+    from cityops.settings import get_settings
 
     _Receiver.got = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
@@ -283,7 +283,7 @@ def receiver(monkeypatch: pytest.MonkeyPatch) -> Any:
     thread.start()
     monkeypatch.setenv("CITYOPS_WEBHOOK_URLS", f"http://127.0.0.1:{server.server_port}/hook")
     monkeypatch.setenv("CITYOPS_WEBHOOK_SECRET", "s3cret")
-    config.case_settings.cache_clear()
+    get_settings.cache_clear()
     yield _Receiver
     server.shutdown()
 
@@ -534,10 +534,10 @@ def test_attachments_are_checked_and_stored_outside_the_database(
     assert r.status_code == 415 and r.headers["content-type"] == PROBLEM
     r = up("cit", PNG, "image/jpeg")
     assert r.status_code == 415 and "image/png" in r.json()["detail"]
-    from cityops.cases import config
+    from cityops.settings import get_settings
 
     monkeypatch.setenv("CITYOPS_ATTACHMENT_MAX_BYTES", "32")
-    config.case_settings.cache_clear()
+    get_settings.cache_clear()
     r = up("cit", PNG, "image/png")
     assert r.status_code == 413 and "at most 32" in r.json()["detail"]
     got = api.client.get(att["href"], headers=api.h("sup"))

@@ -145,3 +145,46 @@ def test_concurrent_workers_share_the_queue_without_overlap(db: Any) -> None:
         th.join(30)
     ids = [i for batch in got.values() for i in batch]
     assert len(ids) == len(set(ids)) == 60  # every event claimed by exactly one worker
+
+
+def test_one_failing_event_does_not_hold_back_its_batch(db: Any) -> None:
+    """A batch runs in one transaction; when one handler fails, the others still commit once
+    (re-run event by event in savepoints) and only the failing one backs off."""
+
+    def picky(session: Any, event: events.Claimed) -> None:
+        _effect(session, event)
+        if event.payload["n"] == 2:
+            raise ValueError("bad payload")
+
+    with db.write() as s:
+        for n in range(5):
+            events.publish(s, "test.effect", {"n": n})
+    now = utcnow()
+    handlers = {"test.effect": events.Handler(picky)}
+    assert events.run_once(db, handlers, "w", now=now) == 4
+    assert _effects(db) == 4 and _pending(db) == 1
+    with db.read() as s:
+        failed = s.scalar(select(events.OutboxEvent).where(events.OutboxEvent.done_at.is_(None)))
+        assert failed.payload == {"n": 2} and "bad payload" in failed.last_error
+        assert failed.available_at > now  # backing off, not retried at once
+
+
+def test_a_lost_lease_rolls_the_whole_batch_back(db: Any) -> None:
+    """If another worker took an event over while we processed the batch, none of the
+    batch's effects commit: the other worker applies them, once."""
+    with db.write() as s:
+        for n in range(3):
+            events.publish(s, "test.effect", {"n": n})
+    now = utcnow()
+    claimed = events.claim(db, "slow", now=now)
+    later = now + events.LEASE + dt.timedelta(seconds=1)
+    assert events.run_once(db, HANDLERS, "fast", now=later) == 3
+
+    def seen(session: Any, event: events.Claimed) -> None:  # succeeds: only the ack can fail
+        session.add(AppState(key=f"seen:{event.uid}", value="slow"))
+
+    slow = {"test.effect": events.Handler(seen)}
+    assert events._process_internal(db, claimed, slow, "slow", later) == 0
+    assert _effects(db) == 3
+    with db.read() as s:
+        assert s.scalar(select(func.count()).where(AppState.key.like("seen:%"))) == 0

@@ -140,3 +140,63 @@ def test_audit_chain_detects_tampering(db):
     assert any("sealed chain" in p for p in audit.verify(db, today))
     with db.read() as s:
         assert s.scalar(select(func.count()).select_from(AuditEntry)) == 2
+
+
+def test_disabled_account_is_refused_once_the_principal_cache_forgets(client, db):
+    """Callers are cached for auth.PRINCIPAL_TTL seconds (no database read per request); a
+    disabled account is refused as soon as the cache is dropped or the entry expires."""
+    from cityops.core import auth
+    from cityops.core.models import User
+
+    make_user(db, "gone", ["analyst"])
+    headers = token_for(client, "gone")
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    with db.write() as session:
+        session.scalar(select(User).where(User.username == "gone")).is_active = False
+    # still cached: within the TTL the token keeps working in this process
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    auth.forget_principals()
+    r = client.get("/api/v1/auth/me", headers=headers)
+    assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM)
+    assert "disabled" in r.json()["detail"]
+
+
+def test_principal_cache_expires(client, db, monkeypatch):
+    from cityops.core import auth
+    from cityops.core.models import User
+
+    make_user(db, "brief", ["analyst"])
+    headers = token_for(client, "brief")
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    with db.write() as session:
+        session.scalar(select(User).where(User.username == "brief")).is_active = False
+    later = auth._clock() + auth.PRINCIPAL_TTL + 1
+    monkeypatch.setattr(auth, "_clock", lambda: later)
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 401
+
+
+def test_cached_token_still_expires(client, db):
+    """The principal cache never outlives the token's own ``exp``."""
+    import time as _time
+
+    import jwt
+
+    from cityops.core import auth
+    from cityops.core.models import User
+
+    make_user(db, "short", ["analyst"])
+    with db.read() as session:
+        user = session.scalar(select(User).where(User.username == "short"))
+        uid = user.id
+    key = client.app.state.signing_key
+    now = int(_time.time())
+    token = jwt.encode(
+        {"sub": "short", "uid": uid, "roles": ["analyst"], "iat": now, "exp": now + 2},
+        key,
+        algorithm=auth.ALGORITHM,
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    _time.sleep(max(0.0, now + 2.2 - _time.time()))
+    r = client.get("/api/v1/auth/me", headers=headers)
+    assert r.status_code == 401 and "expired" in r.json()["detail"]

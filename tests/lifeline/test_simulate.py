@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
+import numpy as np
+import pytest
 from sqlalchemy import func, select
 
 from cityops.lifeline import registry, simulate
@@ -147,6 +150,36 @@ def test_normal_pattern_is_quiet(db) -> None:
         assert s.scalar(select(func.count()).select_from(Sample)) > 3000
 
 
+def test_normal_pattern_is_quiet_at_demo_speed(db) -> None:
+    """At 10× (the demo), sensors report ten times more often; the noise per minute must not
+    grow with it, or rate-of-change rules (0.03 MPa/min on water mains) fire on noise."""
+    city_sensors(db)
+    start = time.time() - 1800
+    sim = simulate.CitySimulator(
+        simulate.load_sensors(db), start=start, seed=1, speed=10, incidents=()
+    )
+    pipe = Pipeline(db, anomaly=False)
+    for k in range(1, 61):
+        pipe.process_readings(sim.due(start + 30 * k), source="sim")
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Alarm)) == 0
+        assert s.scalar(select(func.count()).select_from(Sample)) > 2000
+
+
+def test_noise_is_smooth_between_nominal_samples() -> None:
+    sensor = simulate.SimSensor("P", "water_supply", "pipe_pressure", "", "WS", 0, 0, 60, 0, 0)
+    sim = simulate.CitySimulator([sensor], start=1_780_000_000, seed=2)
+    knots = [sim.noise(sensor, 1_780_000_020 + 60 * k) for k in range(200)]
+    steps = [sim.noise(sensor, 1_780_000_020 + 6 * k) for k in range(2000)]
+    # per minute, ten times as many readings move as much as the nominal ones, not more
+    per_min_knots = max(abs(b - a) for a, b in itertools.pairwise(knots))
+    per_min_steps = max(abs(b - a) * 10 for a, b in itertools.pairwise(steps))
+    assert per_min_steps <= per_min_knots * 1.01
+    assert 0.5 < float(np.std(knots)) < 1.2
+    again = simulate.CitySimulator([sensor], start=1_780_000_000, seed=2)
+    assert again.noise(sensor, 1_780_003_333) == sim.noise(sensor, 1_780_003_333)
+
+
 def test_simulator_is_deterministic_for_a_seed(db) -> None:
     city_sensors(db)
     sensors = simulate.load_sensors(db)
@@ -158,8 +191,18 @@ def test_simulator_is_deterministic_for_a_seed(db) -> None:
     ]
 
 
+def mark_demo(db) -> None:
+    """Mark ``db`` as one ``cityops demo`` created (the in-process simulator needs it)."""
+    from cityops.core.models import AppState
+    from cityops.demo import DEMO_MARKER
+
+    with db.write() as s:
+        s.add(AppState(key=DEMO_MARKER, value="test"))
+
+
 def test_in_process_thread_for_the_demo(db) -> None:
     city_sensors(db)
+    mark_demo(db)
     stop = threading.Event()
     thread = simulate.start_in_process(db, stop, speed=60, backfill_hours=0.5)
     try:
@@ -177,3 +220,21 @@ def test_in_process_thread_for_the_demo(db) -> None:
         thread.join(10)
     assert not thread.is_alive()
     assert recent > 400  # half an hour of history plus live readings
+
+
+def test_in_process_simulator_refuses_a_database_the_demo_did_not_make(db) -> None:
+    city_sensors(db)
+    stop = threading.Event()
+    with pytest.raises(simulate.NotADemoDatabase, match="not created by `cityops demo`"):
+        simulate.start_in_process(db, stop, speed=60)
+    time.sleep(1.5)
+    with db.read() as s:
+        assert s.scalar(select(func.count()).select_from(Sample)) == 0
+        assert s.scalar(select(func.count()).select_from(Alarm)) == 0
+
+
+def test_first_incident_comes_a_simulated_minute_in(db) -> None:
+    city_sensors(db)
+    sim = simulate.CitySimulator(simulate.load_sensors(db), start=1_780_000_000, speed=10)
+    sim.due(1_780_000_000 + 30)
+    assert min(e.start for e in sim.episodes) == pytest.approx(1_780_000_000 + 6)

@@ -22,7 +22,6 @@ from sse_starlette.sse import EventSourceResponse
 
 import cityops.cases.permissions  # noqa: F401  (registers the permissions)
 from cityops.cases import service
-from cityops.cases.config import case_settings
 from cityops.cases.deadlines import parse_limit
 from cityops.cases.schemas import (
     CaseCreate,
@@ -32,11 +31,12 @@ from cityops.cases.schemas import (
     OverrideIn,
     TransitionIn,
 )
-from cityops.cases.worker import Worker
+from cityops.cases.worker import Worker, run_worker_in_process
 from cityops.core.auth import Principal, require
 from cityops.core.db import Database
 from cityops.core.deps import DbDep
 from cityops.core.errors import CityopsError, FieldError, ValidationFailed
+from cityops.settings import get_settings
 
 _gc_tuned = False
 
@@ -57,7 +57,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.freeze()
         gc.set_threshold(10_000, 50, 50)
     db = app.state.db
-    worker = Worker(db) if case_settings().run_worker_in_process(db) else None
+    worker = Worker(db) if run_worker_in_process(db) else None
     if worker is not None:
         worker.start()
     try:
@@ -219,7 +219,7 @@ async def post_attachment(
     principal: Annotated[Principal, Depends(require("cases:attach"))],
     file: Annotated[UploadFile, File(description="the photo")],
 ) -> dict[str, Any]:
-    limit = case_settings().attachment_max_bytes
+    limit = get_settings().attachment_max_bytes
     # read one byte past the limit: enough to refuse without holding a huge upload
     data = await file.read(limit + 1)
     return await anyio.to_thread.run_sync(
@@ -318,7 +318,7 @@ async def stream(
     if after is None and last_event_id and last_event_id.isdigit():
         after = int(last_event_id)
     feed = await anyio.to_thread.run_sync(lambda: service.Feed(db, principal, after))
-    poll = case_settings().stream_poll
+    poll = get_settings().stream_poll
     ends = time.monotonic() + timeout if timeout else None
 
     async def events() -> AsyncIterator[dict[str, str]]:

@@ -11,6 +11,7 @@ days overdue → written notice"). Pure: the calendar is passed in.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from dataclasses import dataclass
 
@@ -34,8 +35,10 @@ class Limit:
         return f"{amount} {self.unit.value}"
 
 
+@functools.lru_cache(maxsize=256)
 def parse_limit(text: str) -> Limit:
-    """``"4 working_hours"`` → :class:`Limit`; raises ``ValueError`` that says the format."""
+    """``"4 working_hours"`` → :class:`Limit`; raises ``ValueError`` that says the format.
+    (Cached: a rule file has a few dozen distinct limits, and every new case reads six.)"""
     m = _LIMIT.match(text)
     units = ", ".join(u.value for u in Unit)
     if not m:

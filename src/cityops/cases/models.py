@@ -125,6 +125,7 @@ class Case(Base):
             "ix_cases_open_category_lat",
             "category",
             "lat",
+            "lon",  # tested in the index: only cases inside the search box are read (0004)
             postgresql_where=text(OPEN_SQL),
             sqlite_where=text(OPEN_SQL),
         ),

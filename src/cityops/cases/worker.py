@@ -24,7 +24,6 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from cityops.cases import machine, service
-from cityops.cases.config import case_settings
 from cityops.cases.machine import OPEN, SYSTEM
 from cityops.cases.models import Case, CaseReporter
 from cityops.core import events, notify
@@ -32,6 +31,7 @@ from cityops.core.calendar import SHANGHAI
 from cityops.core.db import Database
 from cityops.core.errors import CityopsError
 from cityops.core.events import serial_write
+from cityops.settings import get_settings
 
 log = logging.getLogger("cityops.cases.worker")
 
@@ -40,7 +40,7 @@ log = logging.getLogger("cityops.cases.worker")
 def on_case_changed(session: Session, event: events.Claimed) -> None:
     """Fan a case event out to its notices (in the claiming transaction: exactly once)."""
     p = event.payload
-    settings = case_settings()
+    settings = get_settings()
     subject = f"case {p['case_id']}: {p['action']} → {p['to_status']}"
     for url in settings.webhooks():
         events.publish(
@@ -70,6 +70,14 @@ def on_case_changed(session: Session, event: events.Claimed) -> None:
                     "case_id": p["case_id"],
                 },
             )
+    if p["action"] == "cancel":
+        # domain events for other domains' consumers, like case.closed below: a lifeline
+        # incident closes with its cancelled case (with the reason) and follows a merged case
+        # to the surviving one
+        events.publish(session, "case.cancelled", {"case_id": p["case_id"], "note": p["note"]})
+    if p["action"] == "merge":
+        into = session.scalar(select(Case.merged_into).where(Case.id == p["case_id"]))
+        events.publish(session, "case.merged", {"case_id": p["case_id"], "into": into})
     if p["action"] == "close":
         # a domain event for other domains' consumers (a lifeline incident closes with its
         # case, 闭环); published here, in the claiming transaction, exactly once
@@ -93,7 +101,7 @@ def on_case_changed(session: Session, event: events.Claimed) -> None:
 
 def send_webhook(event: events.Claimed) -> None:
     p = event.payload
-    notify.WebhookSender(p["url"], case_settings().webhook_secret).send(
+    notify.WebhookSender(p["url"], get_settings().webhook_secret).send(
         notify.Message(
             event_id=p["source_uid"],
             kind=p["kind"],
@@ -244,8 +252,17 @@ def scan_overdue(db: Database, at: dt.datetime | None = None, limit: int = 200) 
 def run_round(db: Database, at: dt.datetime | None = None) -> dict[str, int]:
     """One worker round: escalate overdue cases, then drain due outbox events."""
     escalated = scan_overdue(db, at)
-    applied = events.run_once(db, events.all_handlers(db))
+    applied = events.run_for(db, events.all_handlers(db))
     return {"escalated": escalated, "events": applied}
+
+
+def run_worker_in_process(db: Database) -> bool:
+    """Whether ``cityops serve`` runs the worker in a thread (``CITYOPS_WORKER_IN_PROCESS``:
+    ``auto`` is on for SQLite, off for PostgreSQL where ``cityops worker`` processes run)."""
+    mode = get_settings().worker_in_process.lower()
+    if mode == "auto":
+        return db.is_sqlite
+    return mode in ("on", "1", "true", "yes")
 
 
 def _no_autocheckpoint(dbapi_conn: Any, _record: Any, _proxy: Any = None) -> None:
@@ -270,7 +287,7 @@ class Worker:
 
     def __init__(self, db: Database, interval: float | None = None) -> None:
         self.db = db
-        self.interval = interval or case_settings().worker_interval
+        self.interval = interval or get_settings().worker_interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import anyio
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -197,28 +200,67 @@ def create_user(
 oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
 
 
-def current_principal(
+#: how long a signed-in caller's roles, department and scope are reused without a database
+#: read (seconds). A disabled account or a changed role takes effect within this time on
+#: tokens already issued; :func:`forget_principals` applies it at once in this process.
+PRINCIPAL_TTL = 30.0
+_principals: dict[tuple[int, str, str], tuple[float, Principal]] = {}
+_principals_lock = threading.Lock()
+_clock = time.monotonic  # tests move it
+
+
+def forget_principals() -> None:
+    """Drop the cached callers (after a user's roles, scope or state change)."""
+    with _principals_lock:
+        _principals.clear()
+
+
+def _load_principal(db: Database, uid: Any, sub: Any) -> Principal:
+    with db.read() as session:
+        user = session.get(User, uid)
+        if user is None or not user.is_active or user.username != sub:
+            raise Unauthorized("This account no longer exists or is disabled.")
+        return principal_of(user)
+
+
+async def current_principal(
     request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
-    """The caller from the bearer token, or :data:`ANONYMOUS`."""
+    """The caller from the bearer token, or :data:`ANONYMOUS`.
+
+    Asynchronous on purpose: on a hit of the principal cache it needs no thread-pool hop and
+    no database read (both were ≈ 40 % of a case creation's server time); a miss reads the
+    user in a worker thread.
+    """
     if not token:
         return ANONYMOUS
+    db: Database = request.app.state.db
     key: str = request.app.state.signing_key
+    # a token seen before (same signing key, same database) skips the signature check too:
+    # the entry lives until the TTL or the token's own expiry, whichever comes first
+    cache_key = (id(db), key, token)
+    now = _clock()
+    hit = _principals.get(cache_key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
     try:
         claims = jwt.decode(token, key, algorithms=[ALGORITHM])
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("Your sign-in has expired: sign in again.") from exc
     except jwt.PyJWTError as exc:
         raise Unauthorized("The bearer token is not valid: sign in again.") from exc
-    db: Database = request.app.state.db
-    with db.read() as session:
-        user = session.get(User, claims.get("uid"))
-        if user is None or not user.is_active or user.username != claims.get("sub"):
-            raise Unauthorized("This account no longer exists or is disabled.")
-        return principal_of(user)
+    principal = await anyio.to_thread.run_sync(
+        _load_principal, db, claims.get("uid"), claims.get("sub")
+    )
+    left = float(claims.get("exp", 0)) - time.time()  # absent exp: not cached
+    with _principals_lock:
+        if len(_principals) > 10_000:  # tokens of long-gone sessions
+            _principals.clear()
+        _principals[cache_key] = (now + min(PRINCIPAL_TTL, left), principal)
+    return principal
 
 
-def require(permission: str) -> Callable[..., Principal]:
+def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     """A FastAPI dependency that lets only holders of ``permission`` through.
 
     The returned function carries ``.permission`` so tests can prove that every route declares
@@ -227,7 +269,7 @@ def require(permission: str) -> Callable[..., Principal]:
     if permission not in PERMISSIONS:
         raise KeyError(f"unknown permission {permission!r}")
 
-    def dependency(
+    async def dependency(
         principal: Annotated[Principal, Depends(current_principal)],
     ) -> Principal:
         if permission == "public":

@@ -109,6 +109,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
+            # the most recently used connection first: SQLite drops a connection's whole page
+            # cache when another connection has written since its last transaction, so
+            # rotating through the pool (FIFO) re-reads the index pages on every insert
+            pool_use_lifo=True,
             **kwargs,
         )
         event.listen(engine, "connect", _sqlite_pragmas)

@@ -3,17 +3,23 @@
 REFERENCE Part C §1.4 describes the Hefei chain ``RAISED → VERIFYING → PUSHED → DISPOSING →
 FEEDBACK → CLOSED``. In cityops the last three steps are the case loop's: once the monitoring
 centre (监测中心, role ``monitor``) verifies an incident as real, it becomes a case with
-``source=sensor_alarm`` dispatched to the owning unit (权属单位), and the case's closure closes
-the incident. So the lifeline machine keeps four states:
+``source=sensor_alarm`` dispatched to the owning unit (权属单位), and the case's end ends the
+incident. So the lifeline machine keeps four states:
 
 ============  ==============================================================================
 ``raised``    alarms merged into an incident, nobody has looked yet (报警)
 ``verifying`` acknowledged by the monitoring centre; the analyst cross-checks neighbours and
               device health (研判)
 ``pushed``    verified as real and handed to the case loop (推送; 处置/反馈 happen in the case)
-``closed``    closed: the case was closed (闭环), or dismissed as a false alarm or a device
-              fault, with a reason (误报 / 设备故障)
+``closed``    closed: the case was closed (闭环) or cancelled (撤销, with the case's reason), or
+              the incident was dismissed as a false alarm or a device fault, with a reason
+              (误报 / 设备故障)
 ============  ==============================================================================
+
+The case loop's outcomes reach a ``pushed`` incident as actions of the platform (``system``):
+the case closed → ``close``; cancelled → ``cancel`` (closed, the case's reason as the note);
+merged into another case (并单) → ``follow``: the incident stays ``pushed`` and now belongs to
+the surviving case, whose own end ends it.
 
 Each action names its sources, target and who may take it; the table is the whole machine.
 """
@@ -25,6 +31,7 @@ from dataclasses import dataclass
 __all__ = [
     "ACTIONS",
     "STATES",
+    "SYSTEM_ACTIONS",
     "VERDICTS",
     "Outcome",
     "Transition",
@@ -70,7 +77,15 @@ ACTIONS: dict[str, Transition] = {
     ),
     # The case was closed (闭环): only the platform takes this action.
     "close": Transition(frozenset({"pushed"}), "closed", frozenset({SYSTEM})),
+    # The case was cancelled (撤销): the incident closes with the case's reason.
+    "cancel": Transition(frozenset({"pushed"}), "closed", frozenset({SYSTEM}), needs_note=True),
+    # The case was merged into another (并单): the incident follows the surviving case.
+    "follow": Transition(frozenset({"pushed"}), "pushed", frozenset({SYSTEM}), needs_note=True),
 }
+#: Actions only the platform takes (the case loop's outcomes), never a person.
+SYSTEM_ACTIONS: frozenset[str] = frozenset(
+    name for name, t in ACTIONS.items() if t.roles == frozenset({SYSTEM})
+)
 
 
 class TransitionError(ValueError):

@@ -352,10 +352,16 @@ def register_from_layer(
     layer: str = "sensors",
     networks_layer: str | None = "lifeline_networks",
     actor: str = "system",
+    *,
+    inside_areas: bool = False,
 ) -> int:
     """Register the sensors of a digital-base layer (e.g. the synthetic city's ``sensors``):
     each feature's ``sensor_id`` (else its key) becomes the sensor id and its feature id is kept
-    (``feature_id``); ``object_id`` is looked up in ``networks_layer`` for the object kind."""
+    (``feature_id``); ``object_id`` is looked up in ``networks_layer`` for the object kind.
+
+    ``inside_areas``: only the features inside a coded area of the city (``areas``). The case
+    loop places every case in an area, so an incident outside all of them cannot become a case;
+    the demo registers only what its district covers (its generated mains may run past it)."""
     from cityops.base import service as base_service
 
     with db.read() as session:
@@ -368,8 +374,16 @@ def register_from_layer(
                 nets = None
             if nets is not None and "object_id" in nets and "kind" in nets:
                 kinds = dict(zip(nets["object_id"], nets["kind"], strict=False))
+    inside = None
+    if inside_areas and len(frame):
+        from cityops.base import geo_service
+
+        coded = geo_service.geocoder_for(db).locate(frame.geometry.x, frame.geometry.y)
+        inside = (coded["district"].astype(str) != "").to_numpy()
     rows = []
-    for rec, geom in zip(frame.to_dict("records"), frame.geometry, strict=True):
+    for i, (rec, geom) in enumerate(zip(frame.to_dict("records"), frame.geometry, strict=True)):
+        if inside is not None and not inside[i]:
+            continue
         sid = rec.get("sensor_id") or rec.get("key") or f"{layer}-{rec['id']}"
         obj = _clean(rec.get("object_id"))
         rows.append(

@@ -7,7 +7,9 @@ principal and ``now``; it calls the pure modules (:mod:`.incidents`, :mod:`.alar
 history, audit and outbox rows in that same transaction (DESIGN §1.5). A verified incident
 becomes a case *through the outbox*: :func:`transition_incident` publishes
 ``lifeline.incident.verified`` and the worker runs :func:`handle_incident_verified`, which calls
-:func:`open_case_for_incident` — the one edge to the case loop.
+:func:`open_case_for_incident` — the one edge to the case loop. The way back is the case loop's
+events: ``case.closed`` closes the incident, ``case.cancelled`` closes it with the case's reason,
+``case.merged`` moves it to the surviving case (:func:`handle_case_closed` and its siblings).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ EVENT_INCIDENT_VERIFIED = "lifeline.incident.verified"
 #: The case loop's event when a case is closed (payload ``{"case_id": …}``); see
 #: :func:`handle_case_closed`.
 EVENT_CASE_CLOSED = "case.closed"
+#: … when a case is cancelled (撤销; payload ``{"case_id": …, "note": reason}``).
+EVENT_CASE_CANCELLED = "case.cancelled"
+#: … when a case is merged into another (并单; payload ``{"case_id": …, "into": survivor}``).
+EVENT_CASE_MERGED = "case.merged"
 
 
 # ------------------------------------------------------------------------------- outputs
@@ -106,7 +112,9 @@ def incident_out(
         closed_at=inc.closed_at,
         version=inc.version,
         allowed_actions=[
-            a for a in machine.allowed_actions(inc.state, frozenset(roles)) if a != "close"
+            a
+            for a in machine.allowed_actions(inc.state, frozenset(roles))
+            if a not in machine.SYSTEM_ACTIONS
         ],
     )
     if full:
@@ -385,8 +393,11 @@ def transition_incident(
             f"Incident {incident_id} changed meanwhile (version {inc.version}, you read "
             f"{version}): reload it and decide again."
         )
-    if action == "close":
-        raise ValidationFailed("An incident closes when its case closes; use dismiss otherwise.")
+    if action in machine.SYSTEM_ACTIONS:
+        raise ValidationFailed(
+            "An incident closes when its case closes (or is cancelled) and follows a merged "
+            "case; use dismiss otherwise."
+        )
     try:
         outcome = machine.apply(inc.state, action, principal.roles, verdict=verdict, note=note)
     except machine.TransitionError as exc:
@@ -522,21 +533,95 @@ def handle_incident_verified(session: Session, event: Claimed) -> None:
     )
 
 
-def close_incident_for_case(
-    session: Session, case_id: str, *, actor: str = "system", note: str = ""
-) -> Incident | None:
-    """The case of an incident was closed (闭环): close the incident. ``None`` when the case is
-    not a lifeline case; idempotent for an incident already closed."""
-    inc = session.scalar(select(Incident).where(Incident.case_id == case_id).with_for_update())
-    if inc is None or inc.state == "closed":
-        return inc
-    now = utcnow()
-    outcome = machine.apply(inc.state, "close", frozenset({machine.SYSTEM}))
+def _open_incidents_of_case(session: Session, case_id: str) -> list[Incident]:
+    """The incidents that wait on ``case_id`` (several once cases were merged), locked."""
+    return list(
+        session.scalars(
+            select(Incident)
+            .where(Incident.case_id == case_id, Incident.state != "closed")
+            .order_by(Incident.id)
+            .with_for_update()
+        )
+    )
+
+
+def _system_step(
+    session: Session, inc: Incident, action: str, actor: str, now: dt.datetime, note: str
+) -> None:
+    outcome = machine.apply(inc.state, action, frozenset({machine.SYSTEM}), note=note)
     before = inc.state
     inc.state = outcome.target
-    inc.closed_at = now
-    _record(session, inc, "close", before, actor, now, None, note or f"case {case_id} closed")
-    return inc
+    if inc.state == "closed":
+        inc.closed_at = now
+    _record(session, inc, action, before, actor, now, None, note)
+
+
+def close_incident_for_case(
+    session: Session, case_id: str, *, actor: str = "system", note: str = ""
+) -> list[Incident]:
+    """The case of incidents was closed (闭环): close them. Empty when the case is not a
+    lifeline case; idempotent (closed incidents are left alone)."""
+    now = utcnow()
+    found = _open_incidents_of_case(session, case_id)
+    for inc in found:
+        _system_step(session, inc, "close", actor, now, note or f"case {case_id} closed")
+    return found
+
+
+def cancel_incident_for_case(
+    session: Session, case_id: str, reason: str, *, actor: str = "system"
+) -> list[Incident]:
+    """The case of incidents was cancelled (撤销): close them with the case's reason (kept as
+    the transition's note and added to the incident's note). Idempotent."""
+    now = utcnow()
+    note = f"case {case_id} cancelled: {reason.strip() or 'no reason given'}"
+    found = _open_incidents_of_case(session, case_id)
+    for inc in found:
+        _system_step(session, inc, "cancel", actor, now, note)
+        inc.note = f"{inc.note}\n{note}" if inc.note else note
+    return found
+
+
+def follow_merged_case(
+    session: Session, case_id: str, into: str, *, actor: str = "system", hops: int = 20
+) -> list[Incident]:
+    """The case of incidents was merged into ``into`` (并单): they now belong to the surviving
+    case and end when it ends. Should the survivor have ended already (events retried out of
+    order), they end with it now (following at most ``hops`` further merges). Idempotent."""
+    now = utcnow()
+    found = _open_incidents_of_case(session, case_id)
+    for inc in found:
+        _system_step(session, inc, "follow", actor, now, f"case {case_id} merged into {into}")
+        inc.case_id = into
+    if found and hops > 0:
+        _settle_with_case(session, into, actor, hops - 1)
+    return found
+
+
+def _settle_with_case(session: Session, case_id: str, actor: str, hops: int) -> None:
+    """Bring the incidents of ``case_id`` in line with where the case is now: closed,
+    cancelled, or merged again. Nothing to do while it is open (or not a case of this
+    database's case loop)."""
+    from cityops.cases.models import Case, CaseEvent
+
+    row = session.execute(
+        select(Case.pk, Case.status, Case.merged_into).where(Case.id == case_id)
+    ).one_or_none()
+    if row is None:
+        return
+    pk, status, merged_into = row
+    if status == "closed":
+        close_incident_for_case(session, case_id, actor=actor)
+    elif status in ("cancelled", "declined"):
+        reason = session.scalar(
+            select(CaseEvent.note)
+            .where(CaseEvent.case_pk == pk, CaseEvent.action.in_(("cancel", "decline")))
+            .order_by(CaseEvent.seq.desc())
+            .limit(1)
+        )
+        cancel_incident_for_case(session, case_id, reason or "", actor=actor)
+    elif status == "merged" and merged_into:
+        follow_merged_case(session, case_id, merged_into, actor=actor, hops=hops)
 
 
 def handle_case_closed(session: Session, event: Claimed) -> None:
@@ -546,10 +631,26 @@ def handle_case_closed(session: Session, event: Claimed) -> None:
         close_incident_for_case(session, str(case_id))
 
 
+def handle_case_cancelled(session: Session, event: Claimed) -> None:
+    """Outbox handler: the case was cancelled (payload ``{"case_id": …, "note": reason}``)."""
+    case_id = event.payload.get("case_id")
+    if case_id:
+        cancel_incident_for_case(session, str(case_id), str(event.payload.get("note") or ""))
+
+
+def handle_case_merged(session: Session, event: Claimed) -> None:
+    """Outbox handler: the case was merged (payload ``{"case_id": …, "into": survivor}``)."""
+    case_id, into = event.payload.get("case_id"), event.payload.get("into")
+    if case_id and into:
+        follow_merged_case(session, str(case_id), str(into))
+
+
 #: Outbox handlers of this domain, for the worker (cosmicpython's EVENT_HANDLERS).
 EVENT_HANDLERS: dict[str, Handler] = {
     EVENT_INCIDENT_VERIFIED: Handler(run=handle_incident_verified),
     EVENT_CASE_CLOSED: Handler(run=handle_case_closed),
+    EVENT_CASE_CANCELLED: Handler(run=handle_case_cancelled),
+    EVENT_CASE_MERGED: Handler(run=handle_case_merged),
 }
 
 

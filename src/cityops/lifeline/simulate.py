@@ -20,6 +20,11 @@ incident lasts long enough for the alarm rules' minimum durations.
 Two outlets: in-process (the demo: :func:`start_in_process`, straight into the ingest pipeline)
 or MQTT (``cityops lifeline simulate --mqtt-url``: one JSON message per reading on
 ``cityops/{city}/lifeline/{sensor_id}``).
+
+Simulated data must never reach a real city's database: :func:`start_in_process`, what a server
+runs, refuses any database that ``cityops demo`` did not create (:class:`NotADemoDatabase`; the
+demo marks its database in ``app_state``). The ``cityops lifeline simulate`` command is an
+operator's explicit choice of target and is not limited this way.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import math
 import random
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from cityops.core.db import Database
+from cityops.core.errors import Conflict
 from cityops.lifeline.ingest.payload import Reading
 
 log = logging.getLogger("cityops.lifeline.simulate")
@@ -137,10 +144,13 @@ class CitySimulator:
         self.start = start
         self.speed = speed
         self.kinds = [k for k in INCIDENTS if k in set(incidents)]
-        self.first_incident_s = first_incident_s
+        #: simulated seconds, like the incidents' ramps: wall-clock seconds / ``speed``
+        self.first_incident_s = first_incident_s / speed
         self.cycle_s = cycle_s
         self.rng = random.Random(seed)
-        self._noise = np.random.default_rng(seed)
+        self.seed = seed
+        #: sensor id → (knot index, noise at that knot, noise at the next one)
+        self._knots: dict[str, tuple[int, float, float]] = {}
         self._bias = {s.id: self.rng.uniform(-1.0, 1.0) for s in self.sensors}
         self.episodes: list[Episode] = []
         self._planned_until = start
@@ -159,7 +169,7 @@ class CitySimulator:
         while self._planned_until <= until:
             cycle_start = self._planned_until
             for i, kind in enumerate(self.kinds):
-                # the first a minute in, the others two (simulated) minutes apart
+                # the first a (simulated) minute in, the others two minutes apart
                 offset = self.first_incident_s + i * 120.0 / self.speed
                 ep = self._episode(kind, cycle_start + offset)
                 if ep is not None:
@@ -243,9 +253,32 @@ class CitySimulator:
                 out[ep.kind] = max(out.get(ep.kind, 0.0), e * w)
         return out
 
+    def _knot(self, s: SimSensor, k: int) -> float:
+        key = zlib.crc32(s.id.encode())
+        return float(np.random.default_rng((self.seed, key, k)).standard_normal())
+
+    def noise(self, s: SimSensor, t: float) -> float:
+        """Sensor noise at ``t``, about standard normal: an independent draw per nominal
+        sampling interval (the knots), linearly interpolated in between.
+
+        A sensor that reports ``speed`` times more often than its interval therefore sees the
+        same noise *per minute* as at its nominal rate, not ``speed`` times more: the rate-of-
+        change rules (a drop of 0.03 MPa/min on a water main) stay quiet in the normal pattern
+        and fire on the injected incidents only. Deterministic for a seed, whatever the order
+        of the calls."""
+        u = t / s.interval_s
+        k = math.floor(u)
+        hit = self._knots.get(s.id)
+        if hit is None or hit[0] != k:
+            first = hit[2] if hit is not None and hit[0] == k - 1 else self._knot(s, k)
+            hit = (k, first, self._knot(s, k + 1))
+            self._knots[s.id] = hit
+        f = u - k
+        return (1.0 - f) * hit[1] + f * hit[2]
+
     def value(self, s: SimSensor, t: float) -> float:
         """The reading of ``s`` at ``t`` (epoch seconds)."""
-        n = float(self._noise.standard_normal())
+        n = self.noise(s, t)
         b = self._bias[s.id]
         fx = self._effect(s, t)
         k = s.kind
@@ -442,6 +475,18 @@ def run_in_process(
                 log.exception("lifeline simulator: offline check failed")
 
 
+class NotADemoDatabase(Conflict):
+    """The in-process simulator was asked to write into a database ``cityops demo`` did not
+    create."""
+
+
+def is_demo_database(db: Database) -> bool:
+    """Whether ``cityops demo`` created ``db`` (its marker is in ``app_state``)."""
+    from cityops.demo import demo_marker
+
+    return demo_marker(db) is not None
+
+
 def start_in_process(
     db: Database,
     stop_event: threading.Event,
@@ -452,7 +497,15 @@ def start_in_process(
 ) -> threading.Thread:
     """Run the simulator in a daemon thread of this process (``cityops demo``): the live map
     shows readings within seconds and the first incidents within minutes. Set ``stop_event``
-    to end it."""
+    to end it.
+
+    Only on a demo database: anything else raises :class:`NotADemoDatabase` and nothing is
+    written."""
+    if not is_demo_database(db):
+        raise NotADemoDatabase(
+            f"{db.url} was not created by `cityops demo`: the lifeline simulator writes made-up "
+            "readings and alarms, so it runs only on a demo database."
+        )
     thread = threading.Thread(
         target=run_in_process,
         args=(db, stop_event),
