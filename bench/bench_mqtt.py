@@ -93,8 +93,11 @@ def publisher_main(args: argparse.Namespace) -> None:
     topics = [f"cityops/{args.city}/lifeline/B{i:05d}".encode() for i in range(args.sensors)]
     rnd = random.Random(7)
     n_alarm = max(1, int(args.sensors * args.alarm_share))
-    # Each alarm sensor is "out of band" for 20 s of every 60 s, phases spread.
+    # Each alarm sensor is "out of band" for a third of every --alarm-period, phases spread.
     phase = [rnd.random() * 60.0 for _ in range(n_alarm)]
+    period = args.alarm_period
+    phase = [p * period / 60.0 for p in phase]
+    last_ms = [0] * args.sensors
     t0 = time.time()
     sent = 0
     pid = 0
@@ -108,10 +111,12 @@ def publisher_main(args: argparse.Namespace) -> None:
             pid = pid % 65535 + 1
             i = sent % args.sensors
             value = 0.1 + 0.01 * math.sin(now / 30.0 + i)
-            if i < n_alarm and (now + phase[i]) % 60.0 < 20.0:
+            if i < n_alarm and (now + phase[i]) % period < period / 3.0:
                 value = 1.5
             t = topics[i]
-            p = b'{"ts":%d,"value":%.4f}' % (now_ms, value)
+            # a sensor's readings have distinct times even when a late slice holds two of them
+            ms = last_ms[i] = max(now_ms, last_ms[i] + 1)
+            p = b'{"ts":%d,"value":%.4f}' % (ms, value)
             chunk.append(
                 b"\x32"
                 + _remaining_length(2 + len(t) + 2 + len(p))
@@ -128,7 +133,10 @@ def publisher_main(args: argparse.Namespace) -> None:
     deadline = time.time() + 30
     while acks[0] < n_total and time.time() < deadline:
         time.sleep(0.01)
-    print(json.dumps({"published": n_total, "seconds": elapsed, "acks": acks[0]}), flush=True)
+    print(
+        json.dumps({"published": n_total, "seconds": elapsed, "acks": acks[0], "t0": t0}),
+        flush=True,
+    )
 
 
 def _hostport(url: str) -> tuple[str, int]:
@@ -143,18 +151,20 @@ def _hostport(url: str) -> tuple[str, int]:
 
 def reference(url: str, n: int) -> tuple[float, int] | None:
     """(msg/s, received) of ``mosquitto_pub -l -q 1`` → broker → ``mosquitto_sub -q 1``, the
-    broker's own tools at full speed: the rate is counted up to the last message received (a
-    subscriber that falls behind loses what overflows the broker's queue; the count says so)."""
+    broker's own tools at full speed: the rate is counted up to the last message received.
+
+    ``mosquitto_pub -l`` (2.0.11) disconnects as soon as its input ends, dropping the lines it
+    has read but not yet sent (fed a file of 200,000 lines it sends ~3,400), so its input is a
+    pipe kept open until the subscriber has everything (or nothing more arrives for 3 s)."""
     if not (shutil.which("mosquitto_pub") and shutil.which("mosquitto_sub")):
         print("reference skipped: mosquitto_pub/mosquitto_sub not found (mosquitto-clients)")
         return None
     host, port = _hostport(url)
     topic = f"bench/ref/{uuid.uuid4().hex[:8]}"
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as fh:
-        now = int(time.time() * 1000)
-        for k in range(n):
-            fh.write(f'{{"ts":{now},"value":{0.1 + (k % 7) * 0.01:.4f}}}\n')
-        lines = fh.name
+    now = int(time.time() * 1000)
+    lines = "".join(
+        f'{{"ts":{now},"value":{0.1 + (k % 7) * 0.01:.4f}}}\n' for k in range(n)
+    ).encode()
     common = ["-h", host, "-p", str(port), "-q", "1", "-t", topic]
     sub = subprocess.Popen(["mosquitto_sub", *common, "-C", str(n)], stdout=subprocess.PIPE)
     got = [0, 0.0]
@@ -168,16 +178,19 @@ def reference(url: str, n: int) -> tuple[float, int] | None:
     reader = threading.Thread(target=count, daemon=True)
     reader.start()
     time.sleep(1.0)
+    pub = subprocess.Popen(["mosquitto_pub", *common, "-l"], stdin=subprocess.PIPE)
+    assert pub.stdin is not None
     t0 = time.time()
-    with open(lines, "rb") as fh:
-        subprocess.run(["mosquitto_pub", *common, "-l"], stdin=fh, check=True)
+    pub.stdin.write(lines)
+    pub.stdin.flush()
     last = -1
     while got[0] < n and got[0] != last:  # stop once nothing more arrives for 3 s
         last = got[0]
         time.sleep(3.0)
+    pub.stdin.close()
+    pub.wait(30)
     sub.kill()
     sub.wait()
-    os.unlink(lines)
     return got[0] / max(got[1] - t0, 1e-9), got[0]
 
 
@@ -234,6 +247,8 @@ def reference_paced(args: argparse.Namespace) -> tuple[float, int, int] | None:
             str(args.sensors),
             "--alarm-share",
             str(args.alarm_share),
+            "--alarm-period",
+            str(args.alarm_period),
         ],
         capture_output=True,
         text=True,
@@ -289,10 +304,12 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
     latencies_alarm: list[float] = []
     latencies_sample: list[float] = []
     lock = threading.Lock()
+    last_commit = [0.0]
 
     def on_batch(batch: list, result: object) -> None:
         committed = result.committed_at  # type: ignore[attr-defined]
         with lock:
+            last_commit[0] = time.time()
             for c in result.changes:  # type: ignore[attr-defined]
                 if c.change.action == "raise":
                     latencies_alarm.append(committed - c.change.ts)
@@ -306,6 +323,7 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
         client_id=f"bench-ingest-{args.city}",
         on_batch=on_batch,
         tick_s=3600,
+        workers=args.workers,
     )
     consumer.start()
     if not consumer.wait_subscribed(10):
@@ -329,14 +347,34 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
             str(args.sensors),
             "--alarm-share",
             str(args.alarm_share),
+            "--alarm-period",
+            str(args.alarm_period),
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
+    # CPU of each part over the run (seconds of CPU per second: cores)
+    pids = {
+        "receiver": os.getpid(),
+        **{f"worker{w.index}": w.process.pid for w in consumer._workers if w.process},
+        "publisher": pub.pid,
+    }
+    if args.broker_pid:
+        pids["broker"] = args.broker_pid
+    cpu0 = {k: _cpu_s(pid) for k, pid in pids.items()}
+    cpu_t0 = cpu_t1 = time.time()
+    cpu1 = dict(cpu0)
     deadline = t0 + args.seconds * 3 + 30
+    last_progress = (0, time.time())
     while consumer.stats.committed < n_total and time.time() < deadline:
         time.sleep(0.02)
-    t_end = time.time()
+        if time.time() - cpu_t0 <= args.seconds:
+            cpu1 = {k: _cpu_s(pid) or cpu1[k] for k, pid in pids.items()}
+            cpu_t1 = time.time()
+        if consumer.stats.committed != last_progress[0]:
+            last_progress = (consumer.stats.committed, time.time())
+        elif pub.poll() is not None and time.time() - last_progress[1] > 10:
+            break  # published and acknowledged, nothing more arrives: the rest was lost
     out, _ = pub.communicate(timeout=60)
     consumer.stop()
     pub_stats = json.loads(out.strip().splitlines()[-1])
@@ -358,12 +396,17 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
         xs = sorted(xs)
         return xs[min(len(xs) - 1, math.ceil(0.99 * len(xs)) - 1)]
 
+    span = max(last_commit[0] - pub_stats["t0"], 1e-9)
+    cpu_span = max(cpu_t1 - cpu_t0, 1e-9)
     return {
         "published": pub_stats["published"],
         "publish_rate": pub_stats["published"] / pub_stats["seconds"],
         "committed": consumer.stats.committed,
-        "rate": consumer.stats.committed / (t_end - t0),
+        # every message committed, over the time from the first publish to the last commit
+        "rate": consumer.stats.committed / span,
+        "lost": pub_stats["published"] - (n_samples or 0),
         "batches": consumer.stats.batches,
+        "connects": consumer.stats.connects,
         "samples_stored": n_samples or 0,
         "alarms": n_alarms or 0,
         "incidents": n_incidents or 0,
@@ -374,7 +417,81 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
         else float("nan"),
         "p99_sample_s": p99(latencies_sample),
         "db": "postgresql" if url.startswith("postgres") else "sqlite",
+        "cpu": {k: (cpu1[k] - cpu0[k]) / cpu_span for k in pids},  # type: ignore[dict-item]
     }
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load() -> str:
+    try:
+        return open("/proc/loadavg").read().split()[0]
+    except OSError:
+        return "?"
+
+
+# ------------------------------------------------------------------------------ broker
+
+
+class PrivateBroker:
+    """The benchmark's own Mosquitto on a spare port, configured as production should be
+    (docs/lifeline.md, "Broker configuration"): persistence, and no limit on the QoS 1 messages
+    it queues for a subscriber that is behind (``max_queued_messages``; the default of 1,000
+    drops the rest). Its tools measure on it too, so both sides see the same broker."""
+
+    def __init__(self) -> None:
+        import getpass
+
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(exe).exists():
+            raise SystemExit("mosquitto not found (Debian package mosquitto), or pass --url")
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-broker-"))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            f"user {getpass.getuser()}\n"
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.dir}/\n"
+            f"max_queued_messages {MAX_QUEUED}\n"
+            f"log_dest file {self.dir}/mosquitto.log\n",
+            encoding="utf-8",
+        )
+        self.proc = subprocess.Popen(
+            [exe, "-c", str(self.conf)], cwd=self.dir, stderr=subprocess.DEVNULL
+        )
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise SystemExit("the private mosquitto did not start")
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+#: the private broker's queue per subscriber beyond the in-flight window (1,000 by default)
+MAX_QUEUED = 1_000_000
 
 
 def _forget_session(url: str, client_id: str) -> None:
@@ -396,13 +513,19 @@ def _forget_session(url: str, client_id: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--url", default=os.environ.get("CITYOPS_MQTT_URL", "mqtt://127.0.0.1:1883"))
+    ap.add_argument(
+        "--url",
+        default=None,
+        help="an existing broker (default: a private Mosquitto started for the run)",
+    )
     ap.add_argument("--rate", type=float, default=20000)
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--sensors", type=int, default=2000)
     ap.add_argument("--alarm-share", type=float, default=0.01)
+    ap.add_argument("--alarm-period", type=float, default=6.0, help="s; out of band a third of it")
     ap.add_argument("--batch", type=int, default=5000)
     ap.add_argument("--wait-ms", type=int, default=50)
+    ap.add_argument("--workers", type=int, default=None, help="default CITYOPS_LIFELINE_WORKERS")
     ap.add_argument("--db", default=None, help="database URL (default: a temporary SQLite file)")
     ap.add_argument("--city", default=f"bench{uuid.uuid4().hex[:6]}")
     ap.add_argument("--no-reference", action="store_true")
@@ -411,21 +534,44 @@ def main() -> None:
     if args.publisher:
         publisher_main(args)
         return
+    broker = None
+    args.broker_pid = None
+    if args.url is None:
+        broker = PrivateBroker()
+        args.url = broker.url
+        args.broker_pid = broker.proc.pid
+    try:
+        run(args)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def run(args: argparse.Namespace) -> None:
+    from cityops.lifeline.config import get_lifeline_settings
+
+    if args.workers is None:
+        args.workers = get_lifeline_settings().lifeline_workers
     print(
         f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
-        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M')}"
+        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}; "
+        f"load average {_load()}; broker {args.url}"
+        + (f" (private, max_queued_messages {MAX_QUEUED:,})" if args.broker_pid else "")
     )
     n_ref = int(args.rate * min(args.seconds, 10))
     ref = None if args.no_reference else reference(args.url, n_ref)
     paced = None if args.no_reference else reference_paced(args)
     res = ours(args)
+    cpu = ", ".join(f"{k} {v:.2f}" for k, v in res["cpu"].items())  # type: ignore[attr-defined]
     print(
-        f"ours ({res['db']}): {res['rate']:,.0f} msg/s sustained ({res['committed']:,} of "
-        f"{res['published']:,} committed, publisher {res['publish_rate']:,.0f} msg/s, "
-        f"{res['batches']} batches); p99 sample→alarm {res['p99_alarm_s'] * 1000:.0f} ms "
+        f"ours ({res['db']}, {args.workers} worker(s)): {res['rate']:,.0f} msg/s sustained "
+        f"({res['committed']:,} of {res['published']:,} committed, {res['lost']:,} lost, "
+        f"publisher {res['publish_rate']:,.0f} msg/s, {res['batches']} batches, "
+        f"{res['connects']} connection(s)); p99 sample→alarm {res['p99_alarm_s'] * 1000:.0f} ms "
         f"(p50 {res['p50_alarm_s'] * 1000:.0f} ms, {res['alarm_raises_measured']} alarms), "
         f"p99 sample→commit {res['p99_sample_s'] * 1000:.0f} ms; stored {res['samples_stored']:,} "
-        f"samples, {res['alarms']:,} alarms, {res['incidents']:,} incidents"
+        f"samples, {res['alarms']:,} alarms, {res['incidents']:,} incidents; "
+        f"CPU cores: {cpu}; load average {_load()}"
     )
     if ref:
         print(
@@ -439,8 +585,15 @@ def main() -> None:
             f"{paced[0]:,.0f} msg/s ({paced[1]:,} of {paced[2]:,} received); "
             f"ours / reference = {res['rate'] / paced[0]:.2f}"
         )
-    ok = res["rate"] >= 20000 * 0.98 and res["p99_alarm_s"] < 1.0
-    print("targets (≥ 20,000 msg/s, p99 < 1 s):", "met" if ok else "NOT met")
+    # Sustained counts up to the last commit, so it stays a little under the offered rate even
+    # when the consumer keeps up (the last batch's wait and commit): 2 % is allowed for that.
+    ok = (
+        args.rate >= 20000
+        and res["rate"] >= 20000 * 0.98
+        and res["p99_alarm_s"] < 1.0
+        and res["lost"] == 0
+    )
+    print("targets (≥ 20,000 msg/s lossless, p99 sample→alarm < 1 s):", "met" if ok else "NOT met")
 
 
 if __name__ == "__main__":

@@ -18,37 +18,11 @@ from cityops.lifeline.ingest.payload import Reading
 from cityops.lifeline.ingest.pipeline import Pipeline
 from cityops.lifeline.models import Incident, IncidentTransition
 from cityops.lifeline.schemas import SensorIn
+from tests.lifeline.places import seed_area
 
 MONITOR = Principal(username="mon", roles=frozenset({"monitor"}))
 SUP = Principal(username="sup1", roles=frozenset({"supervisor"}))
 GAS = Principal(username="gas1", roles=frozenset({"handler"}), department="gas")
-
-
-def seed_area(db: Any) -> None:
-    """A coded district → street → community → grid around the sensors, so that the case loop
-    can place the cases (it refuses points outside every area)."""
-    import geopandas as gpd
-    from shapely.geometry import box
-
-    from cityops.base import service as base
-
-    cell = box(117.24, 31.79, 117.26, 31.81)
-    areas = gpd.GeoDataFrame(
-        {
-            "code": ["340104", "340104001", "340104001001"],
-            "name": ["测试区", "测试街道", "测试社区"],
-            "kind": ["district", "street", "community"],
-        },
-        geometry=[cell, cell, cell],
-        crs="EPSG:4326",
-    )
-    grids = gpd.GeoDataFrame(
-        {"code": ["340104001001001"], "kind": ["unit_grid"]}, geometry=[cell], crs="EPSG:4326"
-    )
-    for layer, frame in (("areas", areas), ("grids", grids)):
-        base.import_frame(
-            db, frame, layer=layer, file="test", fmt="test", source_crs="EPSG:4326", key="code"
-        )
 
 
 def leak(db: Any, sid: str, network: str, lat_m: float) -> int:

@@ -15,7 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from cityops.lifeline import registry, timeseries
 from cityops.lifeline.config import LifelineSettings
 from cityops.lifeline.ingest.pipeline import Pipeline
-from cityops.lifeline.models import Alarm, DeadLetter, Incident, Sample, SensorState
+from cityops.lifeline.models import (
+    Alarm,
+    AlarmEvent,
+    DeadLetter,
+    Incident,
+    Sample,
+    SensorState,
+)
 from cityops.lifeline.schemas import SensorIn
 
 NOW = float(int(time.time()))
@@ -348,3 +355,150 @@ def test_month_partitions_and_default(db) -> None:
         names = timeseries.partitions(s)
     assert "lifeline_samples_202003" in names and f"lifeline_samples_{month}" in names
     assert count(db, Sample) == 2
+
+
+# ------------------------------------------------------------- raw MQTT packets (the consumer)
+
+
+def publish(
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int = 1,
+    mid: int = 7,
+    v5: bool = True,
+    props: bytes = b"",
+    dup: bool = False,
+) -> bytes:
+    """One MQTT PUBLISH packet as a broker sends it (``props``: MQTT 5 properties)."""
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t
+    if qos:
+        body += mid.to_bytes(2, "big")
+    if v5:
+        body += bytes([len(props)]) + props
+    body += payload
+    head, n = bytearray([0x30 | (qos << 1) | (8 if dup else 0)]), len(body)
+    while True:
+        b, n = n & 127, n >> 7
+        head.append(b | 128 if n else b)
+        if not n:
+            return bytes(head) + body
+
+
+def results(r) -> tuple:
+    return (
+        r.received,
+        r.stored,
+        r.in_order,
+        r.late,
+        r.dead_letters,
+        sorted(x.reason for _, x in r.rejected),
+        [(c.sensor_id, c.change.action, c.change.level, c.change.ts) for c in r.changes],
+    )
+
+
+@pytest.mark.parametrize("v5", [True, False])
+def test_raw_packets_agree_with_messages(db, v5: bool) -> None:
+    """The consumer's form (raw PUBLISH packets back to back) gives what (topic, payload)
+    pairs give: the canonical fast path, every other shape, QoS 0, DUP, MQTT 5 properties,
+    long packets (a two-byte remaining length), dead letters and arrival order."""
+    for sid in ("G1", "G2"):
+        add_sensor(db, sid)
+    msgs = [m("G1", T0 + 60 * k, 30.0 if 3 <= k < 6 else 1.0) for k in range(9)]
+    msgs += [
+        m("G2", T0, 12.0),
+        m("G2", T0, 14.0),  # the same instant again: the later one wins
+        ("cityops/test/lifeline/G2", b' { "ts" : %d , "value" : 2.5e1 } ' % ((T0 + 60) * 1000)),
+        (
+            "cityops/test/lifeline/G2",
+            json.dumps({"ts": "2026-01-01T00:00:00Z", "value": 1}).encode(),
+        ),
+        (
+            "cityops/test/lifeline/G2",
+            json.dumps([{"ts": int((T0 + 120) * 1000), "value": 3.0}] * 9).encode(),
+        ),
+        ("cityops/test/lifeline/G1", b'{"ts": 1, "value":'),  # malformed
+        m("NOPE", T0, 1.0),  # unknown sensor
+        m("G1", NOW + 86400, 1.0),  # future
+        ("cityops/test/other/G1", b'{"ts": 1, "value": 1}'),  # bad topic
+        m("G1", T0 + 60, 99.0),  # late: stored, not evaluated
+    ]
+    packets = b"".join(
+        publish(
+            topic,
+            payload,
+            qos=0 if k % 5 == 4 else 1,
+            mid=k * 257 % 65535 + 1,
+            v5=v5,
+            props=b"\x01\x01" if v5 and k % 7 == 3 else b"",  # payload format indicator
+            dup=k % 3 == 0,
+        )
+        for k, (topic, payload) in enumerate(msgs)
+    )
+    by_messages = results(pipe(db).process_messages(msgs))
+    with db.write() as s:
+        for model in (AlarmEvent, Alarm, Incident, DeadLetter, SensorState, Sample):
+            s.query(model).delete()
+    p = pipe(db)
+    by_packets = results(p.process_packets(packets, v5=v5))
+    assert by_packets == by_messages
+    assert by_packets[1] == count(db, Sample)
+    with db.read() as s:
+        at_t0 = select(Sample.value).where(
+            Sample.sensor_id == "G2", Sample.ts == timeseries.from_epoch(T0)
+        )
+        assert s.scalar(at_t0) == 14.0  # two readings at one instant: the later one wins
+
+
+def test_quiet_runs_advance_like_reading_by_reading() -> None:
+    """The batch shortcut for readings that leave every rule silent ends in the state that
+    feeding them one by one ends in, and declines everything else."""
+    from cityops.lifeline.alarms import (
+        Band,
+        RateRule,
+        SensorRule,
+        StreamState,
+        StuckRule,
+        advance_quiet,
+        evaluate,
+    )
+
+    rule = SensorRule(bands=(Band("red", above=50.0), Band("yellow", above=10.0)), physical_min=0.0)
+    quiet = [(T0 + k, 1.0 + k % 3) for k in range(10)]
+    a, b = StreamState(), StreamState()
+    assert advance_quiet(rule, a, quiet)
+    for ts, v in quiet:
+        assert evaluate(rule, b, ts, v, interval_s=1) == []
+    assert a == b
+    assert not advance_quiet(rule, StreamState(), [*quiet, (T0 + 11, 10.0)])  # in a band
+    assert not advance_quiet(rule, StreamState(), [(T0, -1.0)])  # impossible
+    assert not advance_quiet(rule, StreamState(open={"threshold": "red"}), quiet)
+    assert not advance_quiet(rule, StreamState(since={"yellow": T0}), quiet)
+    for other in (SensorRule(stuck=StuckRule(3)), SensorRule(rate=RateRule(rise_per_min=1))):
+        assert not advance_quiet(other, StreamState(), quiet)
+
+
+def test_state_text_round_trips() -> None:
+    from cityops.lifeline.alarms import StreamState
+    from cityops.lifeline.ingest.pipeline import state_text
+
+    for st in (
+        StreamState(),
+        StreamState(last_ts=T0, last_value=0.1, last_good_ts=T0),
+        StreamState(
+            last_ts=T0,
+            last_value=-2.5e-7,
+            last_good_ts=T0 - 1,
+            stuck_value=3.0,
+            stuck_count=4,
+            since={"red": T0},
+            open={"threshold": "red"},
+            clear_since=T0,
+            rate_violation_at=T0,
+            anomaly_at=T0,
+            suppressed=2,
+        ),
+        StreamState(last_ts=T0, last_value=float("inf")),  # never stored, but still JSON-ish
+    ):
+        assert StreamState.from_json(json.loads(state_text(st))) == st

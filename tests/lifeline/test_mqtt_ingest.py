@@ -29,6 +29,7 @@ from cityops.lifeline.config import LifelineSettings, parse_mqtt_url
 from cityops.lifeline.ingest.mqtt import MqttConsumer
 from cityops.lifeline.models import Alarm, Incident, Sample, SensorState
 from cityops.lifeline.schemas import SensorIn
+from tests.lifeline.places import seed_area
 
 pytestmark = pytest.mark.mqtt
 MQTT_URL = os.environ.get("CITYOPS_TEST_MQTT_URL")
@@ -177,33 +178,6 @@ def test_stream_to_alarm_and_incident(db, mqtt_url: str) -> None:
     assert consumer.stats.acked == 13 and consumer.stats.failed_batches == 0
 
 
-def _seed_area(db) -> None:
-    """A coded district → street → community → grid around the test sensors (蜀山区-like codes),
-    so that the case loop can place the case (it refuses points outside every area)."""
-    import geopandas as gpd
-    from shapely.geometry import box
-
-    from cityops.base import service as base
-
-    cell = box(117.24, 31.79, 117.26, 31.81)
-    areas = gpd.GeoDataFrame(
-        {
-            "code": ["340104", "340104001", "340104001001"],
-            "name": ["测试区", "测试街道", "测试社区"],
-            "kind": ["district", "street", "community"],
-        },
-        geometry=[cell, cell, cell],
-        crs="EPSG:4326",
-    )
-    grids = gpd.GeoDataFrame(
-        {"code": ["340104001001001"], "kind": ["unit_grid"]}, geometry=[cell], crs="EPSG:4326"
-    )
-    for layer, frame in (("areas", areas), ("grids", grids)):
-        base.import_frame(
-            db, frame, layer=layer, file="test", fmt="test", source_crs="EPSG:4326", key="code"
-        )
-
-
 def test_stream_to_a_case_and_back(db, mqtt_url: str) -> None:
     """The whole chain: MQTT → alarm → incident → verified (研判) → a case dispatched to the
     owning unit → the case is handled and closed → the incident closes (闭环)."""
@@ -217,7 +191,7 @@ def test_stream_to_a_case_and_back(db, mqtt_url: str) -> None:
     from cityops.lifeline import service
 
     case_service.clear_caches()
-    _seed_area(db)
+    seed_area(db)
     add_gas_sensor(db, "M1", 0)
     city = f"t{uuid.uuid4().hex[:8]}"
     settings = LifelineSettings(
@@ -451,3 +425,131 @@ def test_threaded_stop_is_clean(db, mqtt_url: str) -> None:
     consumer.stop()
     forget_session(mqtt_url, f"cityops-test-{city}")
     assert consumer.stats.failed_batches == 0
+
+
+# ------------------------------------------------------------- the receive path, no broker
+
+
+def _publish(topic: str, payload: bytes, *, qos: int = 1, mid: int = 1, v5: bool = True) -> bytes:
+    t = topic.encode()
+    body = len(t).to_bytes(2, "big") + t + (mid.to_bytes(2, "big") if qos else b"")
+    body += (b"\x00" if v5 else b"") + payload
+    head, n = bytearray([0x30 | (qos << 1)]), len(body)
+    while True:
+        b, n = n & 127, n >> 7
+        head.append(b | 128 if n else b)
+        if not n:
+            return bytes(head) + body
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_receiver_splits_packets_by_sensor_with_their_acks(db, workers: int) -> None:
+    """The hot path keeps raw packets, routes each sensor to one worker in arrival order,
+    builds the PUBACKs of the QoS 1 ones, and stops at any other packet or an incomplete one."""
+    consumer = MqttConsumer(db, "mqtt://127.0.0.1:1", settings=LifelineSettings(), workers=workers)
+    pkts = [
+        _publish(
+            f"cityops/c/lifeline/S{k % 5}",
+            b'{"ts":%d,"value":%d}' % (1_790_000_000_000 + k, k) + (b" " * 200 if k == 7 else b""),
+            qos=0 if k % 4 == 3 else 1,
+            mid=k * 1000 + 1,
+        )
+        for k in range(40)
+    ]
+    head = b"".join(pkts[:30])
+    buf = bytearray(head + b"\xd0\x00" + b"".join(pkts[30:]))  # a PINGRESP in between
+    assert consumer._on_block(buf, 0, len(buf)) == len(head)
+    assert consumer._on_block(buf, len(head), len(buf)) == len(head)  # paho's packet
+    lanes: dict[int, list] = {}
+    for lane, chunk in consumer._inbox:
+        lanes.setdefault(lane, []).append(chunk)
+    assert sum(c.count for cs in lanes.values() for c in cs) == 30 == consumer.stats.received
+    seen: dict[int, int] = {}
+    for lane, chunks in lanes.items():
+        (chunk,) = chunks
+        mine = [p for p in pkts[:30] if p in chunk.data]
+        assert chunk.data == b"".join(mine)  # this lane's packets, in arrival order
+        assert chunk.acks == b"".join(
+            b"\x40\x02" + (pkts.index(p) * 1000 + 1).to_bytes(2, "big") for p in mine if p[0] & 6
+        )
+        for p in mine:
+            sensor = pkts.index(p) % 5
+            assert seen.setdefault(sensor, lane) == lane  # one sensor, one lane
+    assert len(lanes) == max(1, workers)
+    # an incomplete packet at the end stays for the next read
+    start = len(head) + 2
+    cut = len(buf) - 3
+    assert consumer._on_block(buf, start, cut) == len(buf) - len(pkts[-1])
+
+
+def test_bulk_read_hands_publishes_on_and_other_packets_to_paho() -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from cityops.lifeline.ingest.fastpaho import FastClient, _BufferedSocket, publish_end
+
+    got: list[bytes] = []
+
+    def take(buf: bytearray, pos: int, end: int) -> int:
+        while (stop := publish_end(buf, pos, end)) > 0:
+            got.append(bytes(buf[pos:stop]))
+            pos = stop
+        return pos
+
+    client = FastClient(
+        CallbackAPIVersion.VERSION2, client_id="t", protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    client.on_publish_block = take
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    try:
+        sock = _BufferedSocket(b)
+        sock.bulk = True  # type: ignore[attr-defined]
+        client._sock = sock
+        client._ping_t = 123.0
+        p = [
+            _publish("cityops/c/lifeline/S1", b'{"ts":1,"value":%d}' % k, mid=k + 1)
+            for k in range(4)
+        ]
+        a.sendall(p[0] + p[1] + b"\xd0\x00" + p[2] + p[3][:5])
+        assert client.loop_read() == 0
+        assert got == p[:3] and client._ping_t == 0  # paho handled the PINGRESP
+        assert sock.pending() == 0  # only an incomplete packet is left: wait in select()
+        a.sendall(p[3][5:])
+        assert client.loop_read() == 0
+        assert got == p
+        assert client.send_acks(b"\x40\x02\x00\x01") == 0
+    finally:
+        client._sock = None
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_stream_is_replaced_and_nothing_is_lost(db, mqtt_url: str) -> None:
+    add_gas_sensor(db, "K1", 0)
+    city = f"t{uuid.uuid4().hex[:8]}"
+    cid = f"cityops-test-{city}"
+    settings = LifelineSettings(
+        lifeline_city=city, mqtt_session_expiry_s=60, lifeline_anomaly=False
+    )
+    consumer = MqttConsumer(db, mqtt_url, settings=settings, client_id=cid, workers=1)
+    consumer.start()
+    pub = Publisher(mqtt_url)
+    t0 = int(time.time() * 1000) - 400 * 60_000
+    try:
+        assert consumer.wait_subscribed(30), consumer.stats
+        for k in range(200):
+            pub.send(f"cityops/{city}/lifeline/K1", {"ts": t0 + 60_000 * k, "value": 1.0 + k % 3})
+        assert wait_for(lambda: consumer.stats.committed >= 200, 30), consumer.stats
+        consumer._workers[0].process.kill()  # the next batch finds it dead
+        for k in range(200, 400):
+            pub.send(f"cityops/{city}/lifeline/K1", {"ts": t0 + 60_000 * k, "value": 1.0 + k % 3})
+        assert wait_for(lambda: count(db, Sample) == 400, 60), consumer.stats
+        assert wait_for(lambda: consumer.stats.acked == 400, 30), consumer.stats
+    finally:
+        consumer.stop()
+        pub.close()
+        forget_session(mqtt_url, cid)
+    with db.read() as s:
+        assert s.get(SensorState, "K1").readings == 400

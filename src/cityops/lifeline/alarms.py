@@ -49,6 +49,7 @@ __all__ = [
     "SensorRule",
     "StreamState",
     "StuckRule",
+    "advance_quiet",
     "check_offline",
     "choose_incident",
     "evaluate",
@@ -462,6 +463,33 @@ def evaluate(
     state.last_value = value
     state.last_good_ts = ts
     return em.changes
+
+
+def advance_quiet(
+    rule: SensorRule, state: StreamState, series: Sequence[tuple[float, float]]
+) -> bool:
+    """The batch form of :func:`evaluate` for the usual case: when every reading of ``series``
+    (in time order, each newer than the last one seen) would leave every rule silent — no alarm
+    open and no band's run going, every value inside the quiet interval between the bands and
+    inside the physical range, and no stuck or rate rule to feed — advance ``state`` exactly as
+    feeding them one by one without anomaly scores would, and return True. Otherwise change
+    nothing and return False: the caller feeds them to :func:`evaluate` one by one (and always
+    does when it has anomaly scores)."""
+    if not series or state.open or state.since or rule.stuck is not None or rule.rate is not None:
+        return False
+    values = [v for _, v in series]
+    lo, hi = min(values), max(values)
+    if not (rule.quiet_low < lo and hi < rule.quiet_high):
+        return False
+    if (rule.physical_min is not None and lo < rule.physical_min) or (
+        rule.physical_max is not None and hi > rule.physical_max
+    ):
+        return False
+    ts, v = series[-1]
+    state.last_ts = ts
+    state.last_value = v
+    state.last_good_ts = ts
+    return True
 
 
 def check_offline(

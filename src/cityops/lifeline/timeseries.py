@@ -52,9 +52,11 @@ _SQLITE_UPSERT = (
     "INSERT INTO lifeline_samples (sensor_id, ts, value, flag) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (sensor_id, ts) DO UPDATE SET value = excluded.value, flag = excluded.flag"
 )
+#: Arrays go in binary (``%b``): psycopg's text format quotes every element with a regular
+#: expression, five times the CPU of the rest of a batch's statement.
 _PG_UPSERT = (
     "INSERT INTO lifeline_samples (sensor_id, ts, value, flag) "
-    "SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::float8[], %s::int2[]) "
+    "SELECT * FROM unnest(%b::varchar[], %b::timestamptz[], %b::float8[], %b::int2[]) "
     "ON CONFLICT (sensor_id, ts) DO UPDATE SET value = EXCLUDED.value, flag = EXCLUDED.flag"
 )
 
@@ -95,12 +97,28 @@ def sqlite_epoch(t: float) -> str:
 def upsert_samples(session: Session, rows: Iterable[tuple[str, float, float, int]]) -> int:
     """Write ``(sensor_id, epoch_seconds, value, flag)`` rows; the last of two rows with the
     same key wins. Returns the number of distinct keys written."""
+    conn = session.connection()
+    if conn.dialect.name == "sqlite":
+        # SQLite applies the rows in order, so the last of two with one key wins as it is; the
+        # instants a batch's readings share (a gateway stamps its channels alike, a device
+        # reports on its tick) are formatted once each.
+        rows = rows if isinstance(rows, list) else list(rows)
+        if not rows:
+            return 0
+        text: dict[float, str] = {}
+        params = []
+        for sensor_id, ts, value, flag in rows:
+            stamp = text.get(ts)
+            if stamp is None:
+                stamp = text[ts] = sqlite_epoch(ts)
+            params.append((sensor_id, stamp, value, flag))
+        conn.exec_driver_sql(_SQLITE_UPSERT, params)
+        return len({(p[0], p[1]) for p in params})
     unique: dict[tuple[str, float], tuple[float, int]] = {}
     for sensor_id, ts, value, flag in rows:
         unique[(sensor_id, ts)] = (value, flag)
     if not unique:
         return 0
-    conn = session.connection()
     if conn.dialect.name == "postgresql":
         ids, stamps, values, flags = [], [], [], []
         for (sensor_id, ts), (value, flag) in unique.items():

@@ -21,11 +21,20 @@ Throughput comes from batching: one transaction per ``CITYOPS_LIFELINE_BATCH_MAX
 large *receive maximum*, so the broker may have that many unacknowledged messages in flight to
 it (the MQTT 3.1.1 limit is the broker's ``max_inflight_messages``, 20 by default on Mosquitto,
 which caps a batch at 20 messages).
+
+The receiving process does as little as it can per message (``bench/bench_mqtt.py``; at 20,000
+msg/s it uses ~0.1 core): :class:`~cityops.lifeline.ingest.fastpaho.FastClient` hands it each
+socket read, :meth:`MqttConsumer._on_block` walks the PUBLISH packets in it, routes each topic
+to its worker and builds the PUBACKs, and keeps the packets as they came (one ``bytes`` per read
+and worker, no object per message). A batch goes to its worker as one ``send_bytes`` of raw
+packets (nothing pickled per message), and the worker decodes and parses them in one pass
+(:meth:`Pipeline.process_packets`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -38,6 +47,7 @@ from typing import Any
 from cityops.core.db import Database
 from cityops.lifeline import timeseries
 from cityops.lifeline.config import LifelineSettings, get_lifeline_settings, parse_mqtt_url
+from cityops.lifeline.ingest.fastpaho import publish_end
 from cityops.lifeline.ingest.pipeline import BatchResult, Pipeline
 
 log = logging.getLogger("cityops.lifeline.mqtt")
@@ -48,15 +58,35 @@ TICK_S = 30.0
 PARTITIONS_S = 12 * 3600.0
 
 
+_PUBACK_HEAD = b"\x40\x02"
+
+
 @dataclass
-class _Msg:
+class _Chunk:
+    """Messages of one socket read for one worker, kept as the broker sent them: back-to-back
+    MQTT PUBLISH packets (no per-message Python object is made in the receiver), and the
+    PUBACKs that acknowledge them, written after their batch has committed."""
+
     generation: int
-    mid: int
-    qos: int
-    topic: str
-    payload: bytes
     #: time.monotonic() at arrival
     monotonic: float
+    count: int
+    data: bytes
+    acks: bytes
+    #: (mid, qos) of messages paho decoded itself (acknowledged through paho)
+    paho_acks: tuple[tuple[int, int], ...] = ()
+
+
+def _publish_packet(topic: str, payload: bytes, v5: bool) -> bytes:
+    """A QoS 0 PUBLISH packet (the form batches travel in) for a message paho decoded."""
+    t = topic.encode("utf-8")
+    body = len(t).to_bytes(2, "big") + t + (b"\x00" if v5 else b"") + payload
+    n, head = len(body), bytearray(b"\x30")
+    while True:
+        b, n = n & 127, n >> 7
+        head.append(b | 128 if n else b)
+        if not n:
+            return bytes(head) + body
 
 
 @dataclass
@@ -91,7 +121,7 @@ class MqttConsumer:
         topic: str | None = None,
         protocol: int | None = None,
         pipeline: Pipeline | None = None,
-        on_batch: Callable[[list[_Msg], BatchResult], None] | None = None,
+        on_batch: Callable[[list[_Chunk], BatchResult], None] | None = None,
         tick_s: float = TICK_S,
         workers: int | None = None,
     ) -> None:
@@ -112,16 +142,20 @@ class MqttConsumer:
         self.on_batch = on_batch
         self.tick_s = tick_s
         self.stats = ConsumerStats()
-        # paho's thread appends, the consumer's thread pops: a deque needs no lock for that,
-        # and a queue.Queue's lock and condition per message cost a fifth of the receive path
-        self._inbox: deque[_Msg] = deque()
+        # paho's thread appends (worker index, chunk) once per socket read, the consumer's
+        # thread pops: a deque needs no lock for that
+        self._inbox: deque[tuple[int, _Chunk]] = deque()
         self._generation = 0
         self._ack_lock = threading.Lock()
         self._stop = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._workers: list[_Worker] = []
-        self._routes: dict[str, _Worker] = {}
+        self._local: Pipeline | None = None
+        self._lanes = max(1, self.workers)
+        #: topic → worker index (one sensor always goes to the same worker)
+        self._routes: dict[bytes, int] = {}
+        self._v5 = self.protocol == 5
         self._subscribed = threading.Event()
         self._client = self._make_client()
 
@@ -155,6 +189,7 @@ class MqttConsumer:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_fast_message = self._on_fast_message
+        client.on_publish_block = self._on_block
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -206,11 +241,99 @@ class MqttConsumer:
             log.warning("MQTT connection to %s:%d lost; reconnecting", self.host, self.port)
 
     def _on_message(self, _client: Any, _userdata: Any, msg: Any) -> None:
-        self._on_fast_message(msg.topic, msg.mid, msg.qos, bytes(msg.payload))
+        # A message paho decoded itself (not the bulk path: e.g. QoS 2, which a QoS 1
+        # subscription never gets): the same route, acknowledged through paho after the commit.
+        self._enqueue_one(msg.topic, msg.mid, msg.qos, bytes(msg.payload), paho=True)
 
     def _on_fast_message(self, topic: str, mid: int, qos: int, payload: bytes) -> None:
+        self._enqueue_one(topic, mid, qos, payload, paho=False)
+
+    def _enqueue_one(self, topic: str, mid: int, qos: int, payload: bytes, *, paho: bool) -> None:
         self.stats.received += 1
-        self._inbox.append(_Msg(self._generation, mid, qos, topic, payload, time.monotonic()))
+        acks = b"" if paho or qos != 1 else _PUBACK_HEAD + mid.to_bytes(2, "big")
+        chunk = _Chunk(
+            self._generation,
+            time.monotonic(),
+            1,
+            _publish_packet(topic, payload, self._v5),
+            acks,
+            ((mid, qos),) if paho and qos else (),
+        )
+        self._inbox.append((self._lane(topic.encode("utf-8")), chunk))
+
+    def _lane(self, topic: bytes) -> int:
+        lane = self._routes.get(topic)
+        if lane is None:
+            if len(self._routes) > 1_000_000:
+                self._routes.clear()
+            key = topic.rsplit(b"/", 1)[-1]
+            lane = self._routes[topic] = zlib.crc32(key) % self._lanes
+        return lane
+
+    def _on_block(self, buf: bytearray, pos: int, end: int) -> int:
+        """The receive hot path (paho's network thread): split the complete QoS 0/1 PUBLISH
+        packets at the front of ``buf`` by worker, keep them as bytes with their PUBACKs, and
+        return where the first other packet (or an incomplete one) starts."""
+        lanes = self._lanes
+        routes = self._routes
+        start = pos
+        count = 0
+        if lanes == 1:
+            acks = bytearray()
+        else:
+            datas = [bytearray() for _ in range(lanes)]
+            lane_acks = [bytearray() for _ in range(lanes)]
+            counts = [0] * lanes
+        while pos + 1 < end:
+            h = buf[pos]
+            if h & 0xF4 != 0x30:
+                break  # not a PUBLISH with QoS 0 or 1
+            b = buf[pos + 1]
+            if b < 128:
+                t = pos + 2
+                stop = t + b
+                if stop > end:
+                    break
+            else:
+                stop = publish_end(buf, pos, end)
+                if stop < 0:
+                    break
+                t = pos + 2
+                while buf[t - 1] >= 128:
+                    t += 1
+            q = t + 2 + ((buf[t] << 8) | buf[t + 1])
+            if q + (2 if h & 2 else 0) > stop:
+                break  # malformed: paho's reader reports it
+            if lanes == 1:
+                if h & 2:
+                    acks += _PUBACK_HEAD
+                    acks += buf[q : q + 2]
+            else:
+                topic = bytes(buf[t + 2 : q])
+                lane = routes.get(topic)
+                if lane is None:
+                    lane = self._lane(topic)
+                datas[lane] += buf[pos:stop]
+                counts[lane] += 1
+                if h & 2:
+                    la = lane_acks[lane]
+                    la += _PUBACK_HEAD
+                    la += buf[q : q + 2]
+            count += 1
+            pos = stop
+        if count:
+            self.stats.received += count
+            gen, now = self._generation, time.monotonic()
+            if lanes == 1:
+                self._inbox.append((0, _Chunk(gen, now, count, bytes(buf[start:pos]), bytes(acks))))
+            else:
+                for lane in range(lanes):
+                    if counts[lane]:
+                        chunk = _Chunk(
+                            gen, now, counts[lane], bytes(datas[lane]), bytes(lane_acks[lane])
+                        )
+                        self._inbox.append((lane, chunk))
+        return pos
 
     # ------------------------------------------------------------------------- running
 
@@ -221,9 +344,9 @@ class MqttConsumer:
             timeseries.ensure_partitions(self.db)
         if self.workers:
             self._start_workers()
-            target = self._dispatch
         else:
-            target = self._work
+            self._workers = [_Worker(0, None, None)]
+            self._local = self.pipeline or Pipeline(self.db, self.settings)
         self._client.connect_async(
             self.host,
             self.port,
@@ -232,7 +355,7 @@ class MqttConsumer:
             properties=self._connect_properties(),
         )
         self._client.loop_start()
-        self._thread = threading.Thread(target=target, name="cityops-ingest", daemon=True)
+        self._thread = threading.Thread(target=self._dispatch, name="cityops-ingest", daemon=True)
         self._thread.start()
 
     def wait_subscribed(self, timeout: float = 10.0) -> bool:
@@ -247,12 +370,14 @@ class MqttConsumer:
         self._client.disconnect()
         self._client.loop_stop()
         for w in self._workers:
-            with contextlib.suppress(Exception):
-                w.conn.send(None)
+            if w.conn is not None:
+                with contextlib.suppress(Exception):
+                    w.conn.send_bytes(b"")
         for w in self._workers:
-            w.process.join(5)
-            if w.process.is_alive():
-                w.process.kill()
+            if w.process is not None:
+                w.process.join(5)
+                if w.process.is_alive():
+                    w.process.kill()
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set (the ``cityops ingest`` command)."""
@@ -265,109 +390,158 @@ class MqttConsumer:
 
     # ------------------------------------------------------------------ acknowledging
 
-    def _acknowledge(self, batch: list[_Msg], result: BatchResult) -> None:
+    def _acknowledge(self, batch: list[_Chunk], result: BatchResult) -> None:
         """After the commit: PUBACK every message of the batch that came on the current
         connection (the others the broker redelivers, and the upsert makes that harmless)."""
         self.stats.batches += 1
-        self.stats.committed += len(batch)
+        self.stats.committed += sum(c.count for c in batch)
         with self._ack_lock:
             generation, connected = self._generation, self.stats.connected
-            mids = []
-            for m in batch:
-                if m.qos == 0:
+            blobs = []
+            for c in batch:
+                if c.generation != generation or not connected:
+                    self.stats.not_acked_after_reconnect += len(c.acks) // 4 + len(c.paho_acks)
                     continue
-                if m.generation != generation or not connected:
-                    self.stats.not_acked_after_reconnect += 1
-                    continue
-                mids.append(m.mid)
-            self._client.ack_many(mids)
-            self.stats.acked += len(mids)
+                blobs.append(c.acks)
+                for mid, qos in c.paho_acks:
+                    self._client.ack(mid, qos)
+                    self.stats.acked += 1
+            blob = b"".join(blobs)
+            self._client.send_acks(blob)
+            self.stats.acked += len(blob) // 4
         if self.on_batch is not None:
             self.on_batch(batch, result)
 
-    # ------------------------------------------------------------ in-thread mode (0)
+    # ----------------------------------------------------------------------- dispatch
 
-    def _take(self) -> list[_Msg]:
-        """Wait (polling, 2 ms) for a first message, then collect for the batch wait."""
+    def _dispatch(self) -> None:
+        """Receive → route by sensor → one batch in flight per worker → ack after its commit.
+
+        A worker that is busy keeps collecting, so batches grow with the load and shrink when
+        it is light (latency is then the batch wait plus one commit). With no worker process
+        (``workers=0``) the batches run here, in this thread."""
+        from multiprocessing.connection import wait as mp_wait
+
         batch_max = self.settings.lifeline_batch_max
-        wait = self.settings.lifeline_batch_wait_ms / 1000.0
+        wait_s = self.settings.lifeline_batch_wait_ms / 1000.0
+        local = not self.workers
+        deadline: float | None = None
         inbox = self._inbox
-        give_up = time.monotonic() + 0.2
-        while not inbox:
-            if time.monotonic() >= give_up:
-                return []
-            time.sleep(0.002)
-        deadline = time.monotonic() + wait
-        batch: list[_Msg] = []
-        while len(batch) < batch_max:
-            while inbox and len(batch) < batch_max:
-                batch.append(inbox.popleft())
-            if len(batch) >= batch_max or time.monotonic() >= deadline:
+        last_tick = last_parts = time.monotonic()
+        while True:
+            moved = 0
+            while inbox:
+                lane, chunk = inbox.popleft()
+                w = self._workers[lane]
+                w.buffer.append(chunk)
+                w.pending += chunk.count
+                moved += chunk.count
+            if not local:
+                by_conn = {
+                    w.conn: w for w in self._workers if w.in_flight is not None and not w.failed
+                }
+                for conn in mp_wait(list(by_conn), timeout=0) if by_conn else []:
+                    self._result(by_conn[conn])
+            now = time.monotonic()
+            stopping = self._stop.is_set()
+            for w in self._workers:
+                if w.in_flight is not None:
+                    if w.failed and now >= w.retry_at:
+                        if local:
+                            self._run_local(w, w.in_flight, retry=not stopping)
+                        else:
+                            self._send(w, w.in_flight)
+                    continue
+                if w.buffer and (
+                    stopping or w.pending >= batch_max or now - w.buffer[0].monotonic >= wait_s
+                ):
+                    batch = self._take_batch(w, batch_max)
+                    if local:
+                        self._run_local(w, batch, retry=not stopping)
+                    else:
+                        self._send(w, batch)
+            if local:
+                now = time.monotonic()
+                if now - last_tick >= self.tick_s:
+                    last_tick = now
+                    try:
+                        self._local.tick()
+                    except Exception as exc:  # the stream goes on; the next tick tries again
+                        log.exception("offline check failed: %s", exc)
+                if now - last_parts >= PARTITIONS_S:
+                    last_parts = now
+                    with contextlib.suppress(Exception):
+                        timeseries.ensure_partitions(self.db)
+            if stopping:
+                deadline = deadline or now + 30.0
+                pending = any(w.buffer or w.in_flight for w in self._workers)
+                if local and all(w.in_flight is None or w.failed for w in self._workers):
+                    pending = any(w.buffer for w in self._workers)
+                if (not pending and not inbox) or now > deadline:
+                    return
+            if moved < 500:
+                # Little arrived: sleep a moment instead of spinning (the interpreter lock is
+                # shared with paho's network thread, which must keep reading the socket).
+                time.sleep(0.002)
+
+    @staticmethod
+    def _take_batch(w: _Worker, batch_max: int) -> list[_Chunk]:
+        """Whole chunks (one socket read each) up to ``batch_max`` messages, at least one."""
+        n, k = 0, 0
+        for c in w.buffer:
+            if k and n + c.count > batch_max:
                 break
-            time.sleep(0.002)
+            n += c.count
+            k += 1
+        batch, w.buffer = w.buffer[:k], w.buffer[k:]
+        w.pending -= n
         return batch
 
-    def _work(self) -> None:
-        pipeline = self.pipeline or Pipeline(self.db, self.settings)
-        last_tick = time.monotonic()
-        last_parts = time.monotonic()
-        while not self._stop.is_set():
-            batch = self._take()
-            if batch:
-                self._commit_and_ack(pipeline, batch)
-            now = time.monotonic()
-            if now - last_tick >= self.tick_s:
-                last_tick = now
-                try:
-                    pipeline.tick()
-                except Exception as exc:  # the stream goes on; the next tick tries again
-                    log.exception("offline check failed: %s", exc)
-            if now - last_parts >= PARTITIONS_S:
-                last_parts = now
-                with contextlib.suppress(Exception):
-                    timeseries.ensure_partitions(self.db)
-        # Drain what is already here so that a clean stop leaves nothing unacknowledged.
-        rest: list[_Msg] = []
-        while self._inbox:
-            rest.append(self._inbox.popleft())
-        if rest:
-            self._commit_and_ack(pipeline, rest, retry=False)
-
-    def _commit_and_ack(self, pipeline: Pipeline, batch: list[_Msg], *, retry: bool = True) -> None:
-        delay = 0.5
-        while True:
-            try:
-                result = pipeline.process_messages([(m.topic, m.payload) for m in batch])
-                break
-            except Exception as exc:
-                # A database error: nothing was committed and nothing is acknowledged. Retry the
-                # same batch; if we are stopping, the broker keeps the messages for next time.
-                self.stats.failed_batches += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("ingest batch of %d failed; retrying in %.1f s", len(batch), delay)
-                if not retry or self._stop.wait(delay):
-                    return
-                delay = min(delay * 2, 30.0)
+    def _run_local(self, w: _Worker, batch: list[_Chunk], *, retry: bool) -> None:
+        """In-thread mode: run one batch here; a database error leaves it in flight (nothing
+        committed, nothing acknowledged) to be tried again after a pause."""
+        w.in_flight = batch
+        try:
+            result = self._local.process_packets(b"".join(c.data for c in batch), v5=self._v5)
+        except Exception as exc:
+            self.stats.failed_batches += 1
+            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            log.exception("ingest batch of %d failed; retrying in %.1f s", len(batch), w.delay)
+            if not retry:
+                # stopping: the broker keeps the messages for next time
+                w.in_flight = None
+                return
+            w.failed = True
+            w.retry_at = time.monotonic() + w.delay
+            w.delay = min(w.delay * 2, 30.0)
+            return
+        w.in_flight = None
+        w.failed = False
+        w.delay = 0.5
         self._acknowledge(batch, result)
 
     # ------------------------------------------------------- worker-process mode (≥ 1)
 
-    def _start_workers(self) -> None:
+    def _spawn(self, index: int) -> tuple[Any, Any]:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
-        config = self.settings.model_dump()
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(
+            target=_worker_main,
+            args=(child, self.db.url, self.settings.model_dump(), index == 0, self.tick_s),
+            kwargs={"v5": self._v5},
+            name=f"cityops-ingest-{index}",
+            daemon=True,
+        )
+        proc.start()
+        child.close()
+        return proc, parent
+
+    def _start_workers(self) -> None:
         for i in range(self.workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_worker_main,
-                args=(child, self.db.url, config, i == 0, self.tick_s),
-                name=f"cityops-ingest-{i}",
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self._workers.append(_Worker(i, proc, parent))
+            proc, conn = self._spawn(i)
+            self._workers.append(_Worker(i, proc, conn))
         # Subscribe only once every worker has loaded the registry and the sensors' states: a
         # cold worker would hold its first batch for seconds, and the broker's window of
         # unacknowledged messages (receive maximum) would fill meanwhile.
@@ -378,62 +552,12 @@ class MqttConsumer:
             if kind != "ready":
                 raise RuntimeError(f"ingest worker {w.index} failed to start: {detail}")
 
-    def _route(self, m: _Msg) -> None:
-        # One sensor (topic) always goes to the same worker, so its readings stay in order.
-        w = self._routes.get(m.topic)
-        if w is None:
-            if len(self._routes) > 1_000_000:
-                self._routes.clear()
-            key = m.topic.rsplit("/", 1)[-1].encode()
-            w = self._routes[m.topic] = self._workers[zlib.crc32(key) % len(self._workers)]
-        w.buffer.append(m)
-
-    def _dispatch(self) -> None:
-        """Receive → route by sensor → one batch in flight per worker → ack after its commit.
-
-        A worker that is busy keeps collecting, so batches grow with the load and shrink when
-        it is light (latency is then the batch wait plus one commit)."""
-        from multiprocessing.connection import wait as mp_wait
-
-        batch_max = self.settings.lifeline_batch_max
-        wait_s = self.settings.lifeline_batch_wait_ms / 1000.0
-        deadline: float | None = None
-        inbox = self._inbox
-        while True:
-            moved = 0
-            while inbox and moved < 100_000:
-                self._route(inbox.popleft())
-                moved += 1
-            by_conn = {w.conn: w for w in self._workers if w.in_flight is not None and not w.failed}
-            for conn in mp_wait(list(by_conn), timeout=0) if by_conn else []:
-                self._result(by_conn[conn])
-            now = time.monotonic()
-            stopping = self._stop.is_set()
-            for w in self._workers:
-                if w.in_flight is not None:
-                    if w.failed and now >= w.retry_at:
-                        self._send(w, w.in_flight)
-                    continue
-                if w.buffer and (
-                    stopping or len(w.buffer) >= batch_max or now - w.buffer[0].monotonic >= wait_s
-                ):
-                    batch, w.buffer = w.buffer[:batch_max], w.buffer[batch_max:]
-                    self._send(w, batch)
-            if stopping:
-                deadline = deadline or now + 30.0
-                pending = any(w.buffer or w.in_flight for w in self._workers)
-                if (not pending and not inbox) or now > deadline:
-                    return
-            if moved < 500:
-                # Little arrived: sleep a moment instead of spinning (the interpreter lock is
-                # shared with paho's network thread, which must keep reading the socket).
-                time.sleep(0.002)
-
-    def _send(self, w: _Worker, batch: list[_Msg]) -> None:
+    def _send(self, w: _Worker, batch: list[_Chunk]) -> None:
         w.in_flight = batch
         w.failed = False
         try:
-            w.conn.send([(m.topic, m.payload) for m in batch])
+            # raw packets, one write: nothing is pickled per message
+            w.conn.send_bytes(b"".join(c.data for c in batch))
         except (OSError, EOFError, BrokenPipeError):
             self._restart(w)
 
@@ -443,6 +567,8 @@ class MqttConsumer:
         except (EOFError, OSError):
             self._restart(w)
             return
+        if kind == "ready":
+            return  # a restarted worker is up; its batch was (or will be) sent again
         batch = w.in_flight or []
         if kind == "done":
             w.in_flight = None
@@ -459,22 +585,10 @@ class MqttConsumer:
 
     def _restart(self, w: _Worker) -> None:
         """A worker died: start another and give it the batch the dead one held."""
-        import multiprocessing as mp
-
         log.error("ingest worker %d died; restarting it", w.index)
         with contextlib.suppress(Exception):
             w.process.kill()
-        ctx = mp.get_context("spawn")
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(
-            target=_worker_main,
-            args=(child, self.db.url, self.settings.model_dump(), w.index == 0, self.tick_s),
-            name=f"cityops-ingest-{w.index}",
-            daemon=True,
-        )
-        proc.start()
-        child.close()
-        w.process, w.conn = proc, parent
+        w.process, w.conn = self._spawn(w.index)
         if w.in_flight is not None:
             w.failed = True
             w.retry_at = time.monotonic() + 1.0
@@ -483,22 +597,74 @@ class MqttConsumer:
 @dataclass
 class _Worker:
     index: int
+    #: the worker process and its pipe (None in in-thread mode)
     process: Any
     conn: Any
-    buffer: list[_Msg] = field(default_factory=list)
-    in_flight: list[_Msg] | None = None
+    buffer: list[_Chunk] = field(default_factory=list)
+    #: messages in ``buffer``
+    pending: int = 0
+    in_flight: list[_Chunk] | None = None
     failed: bool = False
     retry_at: float = 0.0
     delay: float = 0.5
 
 
-def _worker_main(conn: Any, url: str, config: dict[str, Any], ticks: bool, tick_s: float) -> None:
-    """A worker process: receive batches, run them through the pipeline, answer done/failed."""
+#: SQLite: a worker's own connections checkpoint the WAL only past this many pages (SQLite's
+#: default is 1,000; ~400 MB here: a safety net); a thread of the worker checkpoints every
+#: :data:`CHECKPOINT_S` instead. Each batch rewrites the last page of every sensor it touches,
+#: so a batch of 2,000 sensors passed the default on its own and every commit paid a checkpoint
+#: (a second write of each page and an fsync) inside the write lock; checkpointing once a
+#: second, beside the commits, writes such a page once for all the batches of that second.
+WAL_AUTOCHECKPOINT_PAGES = 100_000
+CHECKPOINT_S = 1.0
+
+
+def _tune_sqlite(db: Database) -> threading.Event | None:
+    """Move an ingest worker's SQLite checkpoints out of its commits (see above). Returns the
+    event that stops the checkpointing thread (None on PostgreSQL or an in-memory file)."""
+    if db.is_postgres:
+        return None
+    path = db.engine.url.database
+    if not path or path == ":memory:":
+        return None
+    import sqlite3
+
+    from sqlalchemy import event
+
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+
+    event.listen(db.engine, "connect", on_connect)
+    stop = threading.Event()
+
+    def checkpoint() -> None:
+        conn = sqlite3.connect(path, timeout=30, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA busy_timeout=30000")
+            while not stop.wait(CHECKPOINT_S):
+                try:
+                    # PASSIVE: copies what it can without waiting for (or blocking) anyone
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error as exc:  # the next round tries again
+                    log.debug("WAL checkpoint failed: %s", exc)
+        finally:
+            conn.close()
+
+    threading.Thread(target=checkpoint, name="cityops-wal-checkpoint", daemon=True).start()
+    return stop
+
+
+def _worker_main(
+    conn: Any, url: str, config: dict[str, Any], ticks: bool, tick_s: float, *, v5: bool = True
+) -> None:
+    """A worker process: receive batches (raw PUBLISH packets), run them through the pipeline,
+    answer done/failed."""
     import signal
 
     # The receiver decides when to stop (it finishes the batches in hand first).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     db = Database(url)
+    checkpoints = _tune_sqlite(db)
     settings = LifelineSettings(**config)
     pipeline = Pipeline(db, settings)
     try:
@@ -506,6 +672,11 @@ def _worker_main(conn: Any, url: str, config: dict[str, Any], ticks: bool, tick_
     except Exception as exc:  # the receiver reports it and stops
         conn.send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    # The registry, the states and the modules loaded so far live as long as the process: out
+    # of the cyclic collector's way (its full passes over them cost more than the batches'
+    # garbage does).
+    gc.collect()
+    gc.freeze()
     conn.send(("ready", None))
     last_tick = time.monotonic()
     last_parts = time.monotonic()
@@ -513,13 +684,13 @@ def _worker_main(conn: Any, url: str, config: dict[str, Any], ticks: bool, tick_
         while True:
             if conn.poll(1.0):
                 try:
-                    batch = conn.recv()
+                    data = conn.recv_bytes()
                 except EOFError:
                     return
-                if batch is None:
+                if not data:
                     return
                 try:
-                    result = pipeline.process_messages(batch)
+                    result = pipeline.process_packets(data, v5=v5)
                 except Exception as exc:  # reported; the receiver sends the batch again
                     log.exception("ingest batch failed")
                     conn.send(("failed", f"{type(exc).__name__}: {exc}"))
@@ -539,4 +710,6 @@ def _worker_main(conn: Any, url: str, config: dict[str, Any], ticks: bool, tick_
                 with contextlib.suppress(Exception):
                     timeseries.ensure_partitions(db)
     finally:
+        if checkpoints is not None:
+            checkpoints.set()
         db.dispose()

@@ -194,10 +194,11 @@ def _element(obj: Any, ref: str, device_ok: bool, now: float, max_future_s: floa
 
 #: The canonical single reading ``{"ts": <epoch ms>, "value": <number>}`` (JSON number grammar,
 #: RFC 8259 §6), read without building a dict; anything else takes the general path below.
-_FAST = re.compile(
+FAST_READING = re.compile(
     rb'\s*\{\s*"ts"\s*:\s*(\d{1,16})\s*,\s*"value"\s*:\s*'
     rb"(-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?)\s*\}\s*\Z"
 )
+_FAST = FAST_READING
 
 
 def parse_message(

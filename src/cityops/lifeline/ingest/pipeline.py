@@ -28,6 +28,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
+import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -47,6 +49,7 @@ from cityops.lifeline.alarms import (
     Change,
     IncidentView,
     StreamState,
+    advance_quiet,
     check_offline,
     choose_incident,
     evaluate,
@@ -54,6 +57,8 @@ from cityops.lifeline.alarms import (
 )
 from cityops.lifeline.config import LifelineSettings, get_lifeline_settings
 from cityops.lifeline.ingest.payload import (
+    EARLIEST,
+    FAST_READING,
     Reading,
     Rejected,
     parse_message,
@@ -67,24 +72,39 @@ log = logging.getLogger("cityops.lifeline")
 
 #: Parameters per statement when a batch's sensors are looked up with IN (...).
 _IN_CHUNK = 500
+#: Arrays in binary (``%b``), as in :data:`cityops.lifeline.timeseries._PG_UPSERT`.
 _PG_STATE_UPDATE = (
     "UPDATE lifeline_sensor_state AS s SET state = v.state::jsonb, readings = v.readings, "
     "late = v.late, last_ts = v.last_ts, last_value = v.last_value, updated_at = v.updated_at, "
     "rev = s.rev + 1 "
-    "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[], %s::float8[], "
-    "%s::timestamptz[], %s::text[], %s::bigint[]) AS v(state, readings, late, last_ts, "
+    "FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::timestamptz[], %b::float8[], "
+    "%b::timestamptz[], %b::text[], %b::bigint[]) AS v(state, readings, late, last_ts, "
     "last_value, updated_at, sensor_id, rev) WHERE s.sensor_id = v.sensor_id AND s.rev = v.rev "
     "RETURNING s.sensor_id"
 )
 _PG_STATE_INSERT = (
     "INSERT INTO lifeline_sensor_state (state, readings, late, last_ts, last_value, updated_at, "
     "sensor_id, rev) SELECT state::jsonb, readings, late, last_ts, last_value, updated_at, "
-    "sensor_id, 1 FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[], "
-    "%s::float8[], %s::timestamptz[], %s::text[]) AS v(state, readings, late, last_ts, "
+    "sensor_id, 1 FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::timestamptz[], "
+    "%b::float8[], %b::timestamptz[], %b::text[]) AS v(state, readings, late, last_ts, "
     "last_value, updated_at, sensor_id) ON CONFLICT (sensor_id) DO NOTHING RETURNING sensor_id"
 )
 #: Temporary keys of incidents created in the current batch (before the flush gives ids).
 _TEMP_ID = 10**15
+#: A whole short QoS 1 PUBLISH packet (remaining length < 128, no MQTT 5 properties) carrying
+#: the canonical single reading: remaining length, topic length, topic, ts, value. A match is
+#: used only if the lengths it implies agree with the header's; else the packet is decoded
+#: field by field.
+_READING = FAST_READING.pattern[: -len(rb"\Z")]
+_PACKET_V5 = re.compile(
+    rb"[\x32\x33\x3a\x3b]([\x00-\x7f])\x00([\x00-\x7f])(.*?)..\x00" + _READING, re.DOTALL
+)
+_PACKET_V4 = re.compile(
+    rb"[\x32\x33\x3a\x3b]([\x00-\x7f])\x00([\x00-\x7f])(.*?).." + _READING, re.DOTALL
+)
+#: A topic's destination in one batch: sensor id, its readings, physical min and max.
+_Target = tuple[str, list[tuple[float, float]], float | None, float | None]
+_UNSEEN: Any = object()
 
 
 @dataclass(frozen=True)
@@ -161,6 +181,52 @@ class _Dead:
     topic: str | None
     rejected: Rejected
     index: int | None = None
+
+
+def state_text(state: StreamState) -> str:
+    """The JSON text of a sensor's state, as :meth:`StreamState.from_json` reads it, with the
+    fields at their defaults left out (written for every sensor of every batch, so it is short
+    and made without a general encoder)."""
+    if not (
+        state.since
+        or state.open
+        or state.stuck_count
+        or state.suppressed
+        or state.clear_since is not None
+        or state.rate_violation_at is not None
+        or state.anomaly_at is not None
+        or state.stuck_value is not None
+    ):
+        a, b, c = state.last_ts, state.last_value, state.last_good_ts
+        if a is not None and b is not None and c is not None and math.isfinite(b):
+            return f'{{"last_ts":{a!r},"last_value":{b!r},"last_good_ts":{c!r}}}'
+    parts = []
+    for name in _STATE_FLOATS:
+        x = getattr(state, name)
+        if x is not None:
+            if not math.isfinite(x):
+                return json.dumps(state.to_json(), separators=(",", ":"))
+            parts.append(f'"{name}":{float(x)!r}')
+    if state.since:
+        parts.append('"since":' + json.dumps(state.since, separators=(",", ":")))
+    if state.open:
+        parts.append('"open":' + json.dumps(state.open, separators=(",", ":")))
+    if state.stuck_count:
+        parts.append(f'"stuck_count":{int(state.stuck_count)}')
+    if state.suppressed:
+        parts.append(f'"suppressed":{int(state.suppressed)}')
+    return "{" + ",".join(parts) + "}"
+
+
+_STATE_FLOATS = (
+    "last_ts",
+    "last_value",
+    "last_good_ts",
+    "clear_since",
+    "rate_violation_at",
+    "anomaly_at",
+    "stuck_value",
+)
 
 
 def _chunks(items: Sequence[str], n: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
@@ -249,25 +315,132 @@ class Pipeline:
         readings, dead = self.parse(messages, source=source)
         return self._process(readings, dead, source)
 
+    def process_packets(
+        self, data: bytes | bytearray, *, v5: bool, source: str = "mqtt"
+    ) -> BatchResult:
+        """One batch of raw MQTT PUBLISH packets (QoS 0/1, as the broker sent them, back to
+        back; ``v5``: MQTT 5 packets, which carry properties), committed in one transaction.
+
+        The MQTT consumer hands its batches on in this form: no per-message objects are made
+        on the way. The canonical single reading ``{"ts": <ms>, "value": x}`` of a registered
+        sensor goes straight to the rows; anything else takes :meth:`parse`'s general path, in
+        arrival order."""
+        with self.db.read() as session:
+            self.cache.refresh(session)
+        now = self.clock()
+        limit = now + self.settings.lifeline_max_future_s
+        rows: list[tuple[str, float, float, int]] = []
+        per_sensor: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        dead: list[_Dead] = []
+        targets: dict[bytes, _Target | None] = {}
+        fast = FAST_READING.match
+        whole = (_PACKET_V5 if v5 else _PACKET_V4).match
+        isfinite = math.isfinite
+        pos, end = 0, len(data)
+        while pos < end:
+            # The usual packet at once: a short QoS 1 PUBLISH of one canonical reading.
+            m = whole(data, pos)
+            if m is not None:
+                rlen, tlen, topic, ts_text, v_text = m.groups()
+                stop = pos + 2 + rlen[0]
+                if m.end() == stop and len(topic) == tlen[0]:
+                    target = targets.get(topic, _UNSEEN)
+                    if target is _UNSEEN:
+                        target = targets[topic] = self._target(topic, per_sensor)
+                    if target is not None:
+                        ts = int(ts_text) / 1000.0
+                        v = float(v_text)
+                        if EARLIEST <= ts <= limit and isfinite(v):
+                            sid, series, lo, hi = target
+                            series.append((ts, v))
+                            bad = (lo is not None and v < lo) or (hi is not None and v > hi)
+                            rows.append((sid, ts, v, 1 if bad else 0))
+                            pos = stop
+                            continue
+            h = data[pos]
+            # fixed header: type 3 (PUBLISH), remaining length (variable byte integer)
+            t, rl, mult = pos + 1, 0, 1
+            while True:
+                b = data[t]
+                rl += (b & 127) * mult
+                mult <<= 7
+                t += 1
+                if b < 128:
+                    break
+            stop = t + rl
+            q = t + 2 + ((data[t] << 8) | data[t + 1])
+            topic = bytes(data[t + 2 : q])
+            if h & 6:
+                q += 2  # packet identifier
+            if v5:  # properties: skipped (a topic alias is never granted: we announce none)
+                plen, mult = 0, 1
+                while q < stop:
+                    b = data[q]
+                    plen += (b & 127) * mult
+                    mult <<= 7
+                    q += 1
+                    if b < 128:
+                        break
+                q += plen
+            if q > stop:
+                q = stop  # a malformed packet: its payload is empty (a dead letter)
+            pos = stop
+            target = targets.get(topic, _UNSEEN)
+            if target is _UNSEEN:
+                target = targets[topic] = self._target(topic, per_sensor)
+            if target is not None:
+                m = fast(data, q, stop)
+                if m is not None:
+                    ts = int(m.group(1)) / 1000.0
+                    v = float(m.group(2))
+                    if EARLIEST <= ts <= limit and isfinite(v):
+                        sid, series, lo, hi = target
+                        series.append((ts, v))
+                        bad = (lo is not None and v < lo) or (hi is not None and v > hi)
+                        rows.append((sid, ts, v, 1 if bad else 0))
+                        continue
+            text = topic.decode("utf-8", "replace")
+            readings, rejected = self._parse_one(text, bytes(data[q:stop]), now, source)
+            dead.extend(rejected)
+            self._resolve_into(readings, dead, source, rows, per_sensor)
+        return self._run(rows, per_sensor, dead, len(rows) + len(dead))
+
+    def _target(
+        self, topic: bytes, per_sensor: dict[str, list[tuple[float, float]]]
+    ) -> _Target | None:
+        """Where the single readings of a topic go in this batch (None: the general path)."""
+        try:
+            ref = parse_topic(topic.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return None
+        info = self.cache.get(ref)
+        if info is None or not info.active:
+            return None
+        rule = info.rule
+        return (info.id, per_sensor[info.id], rule.physical_min, rule.physical_max)
+
     def parse(
         self, messages: Sequence[tuple[str, bytes]], *, source: str = "mqtt"
     ) -> tuple[list[Reading], list[_Dead]]:
         now = self.clock()
         readings: list[Reading] = []
         dead: list[_Dead] = []
-        max_future = self.settings.lifeline_max_future_s
         for topic, payload in messages:
-            try:
-                topic_id = parse_topic(topic)
-            except ValueError as exc:
-                text = payload[:4096].decode("utf-8", "replace")
-                dead.append(_Dead(source, topic, Rejected("bad_topic", str(exc), text)))
-                continue
-            ok, bad = parse_message(topic_id, payload, now, max_future)
+            ok, bad = self._parse_one(topic, payload, now, source)
             readings.extend(ok)
-            if bad:
-                dead.extend(_Dead(source, topic, r) for r in bad)
+            dead.extend(bad)
         return readings, dead
+
+    def _parse_one(
+        self, topic: str, payload: bytes, now: float, source: str
+    ) -> tuple[list[Reading], list[_Dead]]:
+        try:
+            topic_id = parse_topic(topic)
+        except ValueError as exc:
+            text = payload[:4096].decode("utf-8", "replace")
+            return [], [_Dead(source, topic, Rejected("bad_topic", str(exc), text))]
+        ok, bad = parse_message(topic_id, payload, now, self.settings.lifeline_max_future_s)
+        return ok, [_Dead(source, topic, r) for r in bad] if bad else []
 
     def process_readings(
         self,
@@ -287,6 +460,17 @@ class Pipeline:
     ) -> tuple[list[tuple[str, float, float, int]], dict[str, list[tuple[float, float]]]]:
         per_sensor: dict[str, list[tuple[float, float]]] = defaultdict(list)
         rows: list[tuple[str, float, float, int]] = []
+        self._resolve_into(readings, dead, source, rows, per_sensor)
+        return rows, per_sensor
+
+    def _resolve_into(
+        self,
+        readings: Iterable[Reading],
+        dead: list[_Dead],
+        source: str,
+        rows: list[tuple[str, float, float, int]],
+        per_sensor: dict[str, list[tuple[float, float]]],
+    ) -> None:
         for r in readings:
             info = self.cache.resolve(r)
             if info is None or not info.active:
@@ -307,14 +491,23 @@ class Pipeline:
             )
             rows.append((info.id, r.ts, r.value, 1 if impossible else 0))
             per_sensor[info.id].append((r.ts, r.value))
-        return rows, per_sensor
 
     def _process(self, readings: list[Reading], dead: list[_Dead], source: str) -> BatchResult:
         with self.db.read() as session:
             self.cache.refresh(session)
+        received = len(readings) + len(dead)
         rows, per_sensor = self._resolve(readings, dead, source)
+        return self._run(rows, per_sensor, dead, received)
+
+    def _run(
+        self,
+        rows: list[tuple[str, float, float, int]],
+        per_sensor: dict[str, list[tuple[float, float]]],
+        dead: list[_Dead],
+        received: int,
+    ) -> BatchResult:
         for attempt in range(self.MAX_ATTEMPTS):
-            result = BatchResult(received=len(readings) + len(dead))
+            result = BatchResult(received=received)
             ids = sorted(per_sensor)
             self._ensure_states(ids)
             touched: list[_StateRow] = []
@@ -393,7 +586,7 @@ class Pipeline:
         new: list[tuple[Any, ...]] = []
         for r in rows:
             values = (
-                json.dumps(r.next_state.to_json(), separators=(",", ":")),
+                state_text(r.next_state),
                 r.next_readings,
                 r.next_late,
                 r.next_last_ts,
@@ -459,21 +652,31 @@ class Pipeline:
             if len(series) > 1:
                 series = sorted(series)
             last = state.last_ts
-            fresh: list[tuple[float, float]] = []
-            for ts, v in series:
-                if last is not None and ts <= last:
-                    continue
-                if fresh and ts == fresh[-1][0]:
-                    fresh[-1] = (ts, v)  # two readings at one instant: the later one wins
-                    continue
-                fresh.append((ts, v))
+            fresh: list[tuple[float, float]]
+            if (last is None or series[0][0] > last) and (
+                len(series) == 1 or len({ts for ts, _ in series}) == len(series)
+            ):
+                fresh = series  # the usual case: all new, no two at one instant
+            else:
+                fresh = []
+                for ts, v in series:
+                    if last is not None and ts <= last:
+                        continue
+                    if fresh and ts == fresh[-1][0]:
+                        fresh[-1] = (ts, v)  # two readings at one instant: the later one wins
+                        continue
+                    fresh.append((ts, v))
             late = len(series) - len(fresh)
             scores = self._scores(info, row, fresh)
             sensor_changes: list[Change] = []
             rule = info.rule
             interval = info.interval_s
             maintenance = info.maintenance
-            for i, (ts, v) in enumerate(fresh):
+            if scores is None and advance_quiet(rule, state, fresh):
+                fresh_run: list[tuple[float, float]] = []  # nothing to feed one by one
+            else:
+                fresh_run = fresh
+            for i, (ts, v) in enumerate(fresh_run):
                 found = evaluate(
                     rule,
                     state,
