@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sqlite3
 
 from _common import CITYOPS, OUT, city_gpkg, fresh_pg_db, machine, need, psql, run
 
@@ -88,6 +89,16 @@ def main() -> None:
                 sqlite_url,
             ]
         )
+        # outside the timing: every row arrived and the R*Tree (packed by the big-load path)
+        # is complete and consistent
+        with sqlite3.connect(db) as con:
+            got, in_tree = con.execute(
+                "SELECT (SELECT count(*) FROM features WHERE layer = 'buildings'), "
+                "(SELECT count(*) FROM features_rtree)"
+            ).fetchone()
+            check = con.execute("SELECT rtreecheck('features_rtree')").fetchone()[0]
+        assert got == n == in_tree, f"cityops loaded {got}, R*Tree holds {in_tree}"
+        assert check == "ok", f"R*Tree check: {check}"
     ref = n / results["ogr2ogr → PostGIS"]
     print(f"{'what':32} {'seconds':>9} {'features/s':>12} {'vs ogr2ogr':>11}")
     for what, secs in results.items():

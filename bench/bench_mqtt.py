@@ -140,7 +140,7 @@ def publisher_main(args: argparse.Namespace) -> None:
 
 
 def _hostport(url: str) -> tuple[str, int]:
-    from cityops.lifeline.config import parse_mqtt_url
+    from cityops.settings import parse_mqtt_url
 
     host, port, _, _ = parse_mqtt_url(url)
     return host, port
@@ -271,8 +271,8 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
     from cityops.core.db import Database
     from cityops.core.migrate import upgrade
     from cityops.lifeline import registry
-    from cityops.lifeline.config import LifelineSettings
     from cityops.lifeline.ingest.mqtt import MqttConsumer
+    from cityops.settings import Settings
 
     tmp = tempfile.mkdtemp(prefix="bench-mqtt-")
     url = args.db or f"sqlite:///{tmp}/bench.db"
@@ -293,7 +293,7 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
         for i in range(args.sensors)
     ]
     registry.register_rows(db, rows, "bench")
-    settings = LifelineSettings(
+    settings = Settings(
         lifeline_city=args.city,
         mqtt_session_expiry_s=120,
         lifeline_anomaly=False,
@@ -548,10 +548,10 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from cityops.lifeline.config import get_lifeline_settings
+    from cityops.settings import get_settings
 
     if args.workers is None:
-        args.workers = get_lifeline_settings().lifeline_workers
+        args.workers = get_settings().lifeline_workers
     print(
         f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpu, "
         f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M %Z')}; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,9 +82,27 @@ class Settings(BaseSettings):
     webhook_secret: str | None = Field(
         None, description="Shared secret of the X-Cityops-Signature HMAC on webhook bodies."
     )
-    sms_gateway_url: str | None = Field(None, description="SMS gateway for reporter notices.")
-    smtp_url: str | None = Field(None, description="smtp://user:pass@host:port for e-mail.")
-    mail_from: str = Field("cityops@localhost", description="Sender address of e-mails.")
+    sms_gateway_url: str | None = Field(
+        None,
+        description="SMS notices: an operator's gateway/adapter URL that receives a JSON POST "
+        '{"to", "text", "event_id", ...} (docs/cases.md "Notices by e-mail and SMS"). Unset: SMS '
+        "notices go to the log.",
+    )
+    sms_gateway_secret: str | None = Field(
+        None,
+        description="Shared secret of the X-Cityops-Signature HMAC on SMS gateway requests "
+        "(its own secret, not the webhooks'). Unset: requests are not signed.",
+    )
+    smtp_url: str | None = Field(
+        None,
+        description="E-mail notices: smtp://user:pass@host:25, smtp+starttls://…:587 or "
+        "smtps://…:465 (user and password percent-encoded). Unset: e-mail to the log.",
+    )
+    mail_from: str = Field(
+        "cityops@localhost",
+        description="Sender (From) of e-mails, with a display name if wanted: "
+        "'城市运行中心 <ops@example.gov.cn>'. Its domain ends the Message-ID.",
+    )
     worker_in_process: str = Field(
         "auto",
         description="Run the outbox/overdue worker inside `cityops serve`: on, off, or auto "
@@ -91,6 +110,73 @@ class Settings(BaseSettings):
     )
     worker_interval: float = Field(2.0, description="Seconds between worker rounds.")
     stream_poll: float = Field(1.0, description="Seconds between live-feed (SSE) polls.")
+
+    # ------------------------------------------------------------------ lifeline ingest (MQTT)
+    mqtt_url: str | None = Field(
+        None,
+        description="MQTT broker for sensor ingest, mqtt://[user:password@]host[:port]. "
+        "Unset: no broker; samples arrive over HTTP or in-process (demo).",
+    )
+    mqtt_client_id: str = Field(
+        "cityops-ingest",
+        description="Client id of the ingest consumer: the broker keeps its persistent session "
+        "(queued QoS 1 messages) under this id, so every restart must use the same one.",
+    )
+    mqtt_protocol: int = Field(
+        5,
+        description="MQTT protocol version of the consumer: 5 (session expiry, receive maximum) "
+        "or 4 (3.1.1, clean_session=false).",
+    )
+    mqtt_session_expiry_s: int = Field(
+        7 * 24 * 3600,
+        description="MQTT 5 session expiry: how long the broker keeps queued messages for a "
+        "consumer that is down.",
+    )
+    mqtt_receive_maximum: int = Field(
+        65535,
+        ge=1,
+        le=65535,
+        description="MQTT 5 receive maximum: unacknowledged QoS 1 messages the broker may have "
+        "in flight to the consumer (acknowledged only after the commit, so this bounds a batch).",
+    )
+    lifeline_city: str = Field(
+        "+",
+        description="City segment of the ingest topic cityops/{city}/lifeline/{sensor_id}; '+' "
+        "subscribes to every city.",
+    )
+    lifeline_batch_max: int = Field(
+        5000, ge=1, description="Most messages committed in one ingest transaction."
+    )
+    lifeline_batch_wait_ms: int = Field(
+        50,
+        ge=0,
+        description="Longest wait for more messages before committing a batch (adds to the "
+        "sample-to-alarm latency; larger batches cost less per message).",
+    )
+    lifeline_workers: int = Field(
+        2,
+        ge=0,
+        le=64,
+        description="Ingest worker processes behind the MQTT receiver (sensors are split between "
+        "them by id, so each sensor's readings stay in order); 0 runs the pipeline in a thread "
+        "of the receiver (about a quarter of the throughput).",
+    )
+    lifeline_max_future_s: float = Field(
+        300.0,
+        description="Readings stamped more than this far ahead of the server clock are refused "
+        "(dead letter 'future_timestamp'): device clocks drift, but not by hours.",
+    )
+    lifeline_anomaly: bool = Field(
+        True,
+        description="Feed readings to the learned anomaly detector (alarm kind 'anomaly', blue) "
+        "when cityops.lifeline.detect provides one.",
+    )
+    lifeline_anomaly_learning: int = Field(
+        2016,
+        ge=10,
+        description="Learning period of the anomaly detector, in samples of the sensor "
+        "(2016 = one week at 5 minutes).",
+    )
 
     def public_collection_set(self) -> set[str] | None:
         """``None`` means every collection is public."""
@@ -107,3 +193,15 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, str | None, str | None]:
+    """``mqtt://user:pw@host:port`` → (host, port, user, password); port 1883 by default."""
+    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+    if parts.scheme not in ("mqtt", "tcp"):
+        raise ValueError(f"MQTT URL {url!r}: use mqtt://host:port (TLS is not supported yet)")
+    if not parts.hostname:
+        raise ValueError(f"MQTT URL {url!r} has no host: use mqtt://host:port")
+    user = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    return parts.hostname, parts.port or 1883, user, password

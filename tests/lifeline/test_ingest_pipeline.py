@@ -13,7 +13,6 @@ from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from cityops.lifeline import registry, timeseries
-from cityops.lifeline.config import LifelineSettings
 from cityops.lifeline.ingest.pipeline import Pipeline
 from cityops.lifeline.models import (
     Alarm,
@@ -24,10 +23,11 @@ from cityops.lifeline.models import (
     SensorState,
 )
 from cityops.lifeline.schemas import SensorIn
+from cityops.settings import Settings
 
 NOW = float(int(time.time()))
 T0 = NOW - 6 * 3600  # readings start six hours ago
-SETTINGS = LifelineSettings(lifeline_anomaly=False, lifeline_max_future_s=300)
+SETTINGS = Settings(lifeline_anomaly=False, lifeline_max_future_s=300)
 
 # ~1 m in latitude is 1/111_320 degree; longitude at 31.8°N: 1/94_600 degree.
 DLAT = 1 / 111_320

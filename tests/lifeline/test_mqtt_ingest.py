@@ -25,10 +25,10 @@ import pytest
 from sqlalchemy import func, select
 
 from cityops.lifeline import registry
-from cityops.lifeline.config import LifelineSettings, parse_mqtt_url
 from cityops.lifeline.ingest.mqtt import MqttConsumer
 from cityops.lifeline.models import Alarm, Incident, Sample, SensorState
 from cityops.lifeline.schemas import SensorIn
+from cityops.settings import Settings, parse_mqtt_url
 from tests.lifeline.places import seed_area
 
 pytestmark = pytest.mark.mqtt
@@ -141,7 +141,7 @@ def test_stream_to_alarm_and_incident(db, mqtt_url: str) -> None:
     add_gas_sensor(db, "M1", 0)
     add_gas_sensor(db, "M2", 70)  # 70 m away: the same incident
     city = f"t{uuid.uuid4().hex[:8]}"
-    settings = LifelineSettings(
+    settings = Settings(
         lifeline_city=city,
         mqtt_session_expiry_s=60,
         lifeline_anomaly=False,
@@ -194,9 +194,7 @@ def test_stream_to_a_case_and_back(db, mqtt_url: str) -> None:
     seed_area(db)
     add_gas_sensor(db, "M1", 0)
     city = f"t{uuid.uuid4().hex[:8]}"
-    settings = LifelineSettings(
-        lifeline_city=city, mqtt_session_expiry_s=60, lifeline_anomaly=False
-    )
+    settings = Settings(lifeline_city=city, mqtt_session_expiry_s=60, lifeline_anomaly=False)
     cid = f"cityops-test-{city}"
     consumer = MqttConsumer(db, mqtt_url, settings=settings, client_id=cid, workers=1)
     consumer.start()
@@ -321,7 +319,7 @@ def private_broker(mqtt_url: str, tmp_path: Path) -> Iterator[PrivateBroker]:
 @pytest.mark.slow
 def test_broker_restart_loses_and_doubles_nothing(db, private_broker: PrivateBroker) -> None:
     add_gas_sensor(db, "R1", 0)
-    settings = LifelineSettings(
+    settings = Settings(
         lifeline_city="restart",
         mqtt_session_expiry_s=600,
         lifeline_anomaly=False,
@@ -378,9 +376,7 @@ def test_broker_restart_loses_and_doubles_nothing(db, private_broker: PrivateBro
 def test_consumer_down_while_messages_arrive(db, private_broker: PrivateBroker) -> None:
     """The persistent session keeps what arrives while the consumer is away."""
     add_gas_sensor(db, "Q1", 0)
-    settings = LifelineSettings(
-        lifeline_city="away", mqtt_session_expiry_s=600, lifeline_anomaly=False
-    )
+    settings = Settings(lifeline_city="away", mqtt_session_expiry_s=600, lifeline_anomaly=False)
     first = MqttConsumer(
         db, private_broker.url, settings=settings, client_id="cityops-away", workers=0
     )
@@ -406,7 +402,7 @@ def test_consumer_down_while_messages_arrive(db, private_broker: PrivateBroker) 
 
 def test_consumer_requires_a_broker_url(db) -> None:
     with pytest.raises(ValueError, match="no MQTT broker"):
-        MqttConsumer(db, None, settings=LifelineSettings(mqtt_url=None))
+        MqttConsumer(db, None, settings=Settings(mqtt_url=None))
 
 
 def test_threaded_stop_is_clean(db, mqtt_url: str) -> None:
@@ -415,7 +411,7 @@ def test_threaded_stop_is_clean(db, mqtt_url: str) -> None:
     consumer = MqttConsumer(
         db,
         mqtt_url,
-        settings=LifelineSettings(lifeline_city=city, mqtt_session_expiry_s=30),
+        settings=Settings(lifeline_city=city, mqtt_session_expiry_s=30),
         client_id=f"cityops-test-{city}",
         workers=0,
     )
@@ -446,7 +442,7 @@ def _publish(topic: str, payload: bytes, *, qos: int = 1, mid: int = 1, v5: bool
 def test_receiver_splits_packets_by_sensor_with_their_acks(db, workers: int) -> None:
     """The hot path keeps raw packets, routes each sensor to one worker in arrival order,
     builds the PUBACKs of the QoS 1 ones, and stops at any other packet or an incomplete one."""
-    consumer = MqttConsumer(db, "mqtt://127.0.0.1:1", settings=LifelineSettings(), workers=workers)
+    consumer = MqttConsumer(db, "mqtt://127.0.0.1:1", settings=Settings(), workers=workers)
     pkts = [
         _publish(
             f"cityops/c/lifeline/S{k % 5}",
@@ -530,9 +526,7 @@ def test_a_worker_killed_mid_stream_is_replaced_and_nothing_is_lost(db, mqtt_url
     add_gas_sensor(db, "K1", 0)
     city = f"t{uuid.uuid4().hex[:8]}"
     cid = f"cityops-test-{city}"
-    settings = LifelineSettings(
-        lifeline_city=city, mqtt_session_expiry_s=60, lifeline_anomaly=False
-    )
+    settings = Settings(lifeline_city=city, mqtt_session_expiry_s=60, lifeline_anomaly=False)
     consumer = MqttConsumer(db, mqtt_url, settings=settings, client_id=cid, workers=1)
     consumer.start()
     pub = Publisher(mqtt_url)

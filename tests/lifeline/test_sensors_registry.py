@@ -11,10 +11,10 @@ from sqlalchemy import func, select
 
 from cityops.core.errors import ValidationFailed
 from cityops.lifeline import registry, rules
-from cityops.lifeline.config import LifelineSettings
 from cityops.lifeline.ingest.pipeline import Pipeline
 from cityops.lifeline.models import Alarm, Sensor
 from cityops.lifeline.schemas import SensorIn
+from cityops.settings import Settings
 
 
 def test_rule_resolution_and_overrides() -> None:
@@ -154,7 +154,7 @@ def test_learned_detector_raises_a_blue_anomaly(db) -> None:
             ),
             "t",
         )
-    settings = LifelineSettings(lifeline_anomaly=True, lifeline_anomaly_learning=50)
+    settings = Settings(lifeline_anomaly=True, lifeline_anomaly_learning=50)
     p = Pipeline(db, settings)
     t0 = time.time() - 86400
     normal = [0.10 + 0.01 * ((k * 7) % 5) for k in range(120)]

@@ -66,10 +66,10 @@ def ingest_cmd(
     city: Annotated[str | None, typer.Option(help="city segment of the topic ('+' = all)")] = None,
 ) -> None:
     """Consume sensor readings from MQTT (QoS 1, persistent session, ack after commit)."""
-    from cityops.lifeline.config import get_lifeline_settings
     from cityops.lifeline.ingest.mqtt import MqttConsumer
+    from cityops.settings import get_settings
 
-    settings = get_lifeline_settings()
+    settings = get_settings()
     if city:
         settings = settings.model_copy(update={"lifeline_city": city})
     url = mqtt_url or settings.mqtt_url
@@ -122,7 +122,7 @@ def simulate_cmd(
 ) -> None:
     """Stream realistic readings for the registered sensors, with injected incidents."""
     from cityops.lifeline import simulate
-    from cityops.lifeline.config import get_lifeline_settings
+    from cityops.settings import get_settings
 
     kinds = [k.strip() for k in incidents.split(",") if k.strip()]
     database = _open(db)
@@ -134,7 +134,7 @@ def simulate_cmd(
 
     if duration is not None:
         threading.Timer(duration, stop.set).start()
-    url = mqtt_url or get_lifeline_settings().mqtt_url
+    url = mqtt_url or get_settings().mqtt_url
     started = time.time()
     try:
         if in_process or not url:

@@ -537,8 +537,8 @@ def run_mqtt(
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from cityops.lifeline.config import parse_mqtt_url
     from cityops.lifeline.ingest.payload import topic_for
+    from cityops.settings import parse_mqtt_url
 
     sensors = load_sensors(db)
     if not sensors:

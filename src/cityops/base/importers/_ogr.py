@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +43,11 @@ def read_ogr(path: str, *, layer: str | int | None = None, encoding: str | None 
         return _read_ogr(path, layer=layer, encoding=encoding)
 
 
+def _parse_wkb(wkb: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+    wkb = np.full(n, None, dtype=object) if wkb is None else np.asarray(wkb, dtype=object)
+    return wkb, shapely.from_wkb(wkb, on_invalid="ignore")
+
+
 def _read_ogr(path: str, *, layer: str | int | None, encoding: str | None) -> OgrLayer:
     if HAVE_ARROW:
         meta, table = pyogrio.read_arrow(
@@ -52,18 +58,18 @@ def _read_ogr(path: str, *, layer: str | int | None, encoding: str | None) -> Og
         if geom_col is not None:
             wkb = table.column(geom_col).to_numpy(zero_copy_only=False)
             table = table.drop_columns([geom_col])
-        table = _storage_types(table)
-        attrs = table.to_pandas(integer_object_nulls=True, split_blocks=True)
+        # GEOS parses the geometries (without the GIL) while Arrow's columns become pandas'
+        with ThreadPoolExecutor(1, thread_name_prefix="from-wkb") as pool:
+            parsed = pool.submit(_parse_wkb, wkb, table.num_rows)
+            table = _storage_types(table)
+            attrs = table.to_pandas(integer_object_nulls=True, split_blocks=True)
+            wkb, geometry = parsed.result()
     else:
         meta, _fids, wkb, values = pyogrio.raw.read(
             path, layer=layer, encoding=encoding, datetime_as_string=True
         )
         attrs = pd.DataFrame({name: col for name, col in zip(meta["fields"], values, strict=True)})
-    n = len(attrs)
-    if wkb is None:
-        wkb = np.full(n, None, dtype=object)
-    wkb = np.asarray(wkb, dtype=object)
-    geometry = shapely.from_wkb(wkb, on_invalid="ignore")
+        wkb, geometry = _parse_wkb(wkb, len(attrs))
     broken = np.flatnonzero(shapely.is_missing(geometry) & (wkb != None))  # noqa: E711
     unbuildable: dict[int, str] = {}
     for k, i in enumerate(broken.tolist()):

@@ -46,9 +46,9 @@ from typing import Any
 
 from cityops.core.db import Database
 from cityops.lifeline import timeseries
-from cityops.lifeline.config import LifelineSettings, get_lifeline_settings, parse_mqtt_url
 from cityops.lifeline.ingest.fastpaho import publish_end
 from cityops.lifeline.ingest.pipeline import BatchResult, Pipeline
+from cityops.settings import Settings, get_settings, parse_mqtt_url
 
 log = logging.getLogger("cityops.lifeline.mqtt")
 
@@ -104,7 +104,7 @@ class ConsumerStats:
     session_present: list[bool] = field(default_factory=list)
 
 
-def subscription(settings: LifelineSettings) -> str:
+def subscription(settings: Settings) -> str:
     return f"cityops/{settings.lifeline_city}/lifeline/#"
 
 
@@ -116,7 +116,7 @@ class MqttConsumer:
         db: Database,
         url: str | None = None,
         *,
-        settings: LifelineSettings | None = None,
+        settings: Settings | None = None,
         client_id: str | None = None,
         topic: str | None = None,
         protocol: int | None = None,
@@ -125,7 +125,7 @@ class MqttConsumer:
         tick_s: float = TICK_S,
         workers: int | None = None,
     ) -> None:
-        self.settings = settings or get_lifeline_settings()
+        self.settings = settings or get_settings()
         url = url or self.settings.mqtt_url
         if not url:
             raise ValueError("no MQTT broker: pass --mqtt-url or set CITYOPS_MQTT_URL")
@@ -665,7 +665,7 @@ def _worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     db = Database(url)
     checkpoints = _tune_sqlite(db)
-    settings = LifelineSettings(**config)
+    settings = Settings(**config)
     pipeline = Pipeline(db, settings)
     try:
         pipeline.warm_up()

@@ -55,7 +55,6 @@ from cityops.lifeline.alarms import (
     evaluate,
     max_level,
 )
-from cityops.lifeline.config import LifelineSettings, get_lifeline_settings
 from cityops.lifeline.ingest.payload import (
     EARLIEST,
     FAST_READING,
@@ -67,6 +66,7 @@ from cityops.lifeline.ingest.payload import (
 from cityops.lifeline.models import Alarm, AlarmEvent, DeadLetter, Incident, SensorState
 from cityops.lifeline.registry import SensorCache, SensorInfo
 from cityops.lifeline.rules import incident_rules
+from cityops.settings import Settings, get_settings
 
 log = logging.getLogger("cityops.lifeline")
 
@@ -272,13 +272,13 @@ class Pipeline:
     def __init__(
         self,
         db: Database,
-        settings: LifelineSettings | None = None,
+        settings: Settings | None = None,
         *,
         clock: Callable[[], float] = time.time,
         anomaly: bool | None = None,
     ) -> None:
         self.db = db
-        self.settings = settings or get_lifeline_settings()
+        self.settings = settings or get_settings()
         self.clock = clock
         self.cache = SensorCache()
         self.bank: Any = None
@@ -288,9 +288,8 @@ class Pipeline:
 
             if detector_available():
                 self.bank = AnomalyBank(self.settings.lifeline_anomaly_learning)
-        from cityops.settings import get_settings
 
-        self._project = _Projector(get_settings().city_crs)
+        self._project = _Projector(self.settings.city_crs)
         self._states: dict[str, _StateRow] = {}
         self._postgres = db.is_postgres
         self._db_ts: Callable[[float], Any] = (
