@@ -135,3 +135,25 @@ def test_sensors_on_objects(city10k):
     util = life.set_index("object_id").loc[gas["object_id"], "utility"]
     assert not (util == "gas").any()
     assert gas["network_id"].str.startswith("GAS-").all()
+
+
+@pytest.mark.parametrize("size", [(1_500, 1), (3_000, 11), (10_000, 1)])
+def test_sensors_and_pipes_lie_inside_the_district(make_city, size):
+    """The case loop places every incident in an area (``areas``), so every sensor lies within
+    the union of the district's areas and in the community it names (perhaps on its edge, e.g.
+    on a road between two); pipes on a boundary road are clipped to the district (to 1 cm:
+    their clipped ends lie on its edge)."""
+    city = make_city(*size)
+    areas = city["areas"]
+    union = shapely.union_all(areas.geometry.array)
+    s = city["sensors"]
+    assert len(s) > 50
+    outside = s[~shapely.within(s.geometry.array, union)]
+    assert outside.empty, outside[["sensor_id", "kind", "object_id"]].to_string()
+    comm = areas[areas["kind"] == "community"].reset_index(drop=True)
+    own = comm.set_index("code").geometry.loc[s["community_code"]].array
+    assert shapely.covers(shapely.buffer(own, 1e-7), s.geometry.array).all()
+    life = city["lifeline_networks"]
+    pipes = life[life["kind"].isin(["gas_main", "water_main", "drain"])]
+    assert shapely.covered_by(pipes.geometry.array, shapely.buffer(union, 1e-7)).all()
+    assert (pipes["length_m"] > 0).all()

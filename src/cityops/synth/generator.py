@@ -165,7 +165,7 @@ def generate_city(
     stage("pois")
     pois, shelters, bus = pois_and_shelters(ctx, fac, address, building_id, road_id)
     stage("lifelines")
-    lifelines, sensors, manholes = lifelines_and_sensors(ctx)
+    lifelines, sensors, manholes = lifelines_and_sensors(ctx, district_uv)
     stage("components")
     components, cover_codes = components_frame(ctx, manholes, bus)
     # Manholes are one contiguous run in lifeline_networks, in the same order as their covers.

@@ -6,10 +6,12 @@ branch roads), water mains (trunk mains along arterials, DMA distribution elsewh
 "adjacent underground spaces" gas monitoring watches), bridges where roads cross rivers,
 underpasses (下立交) at some arterial crossings with their pump stations, gas regulator
 stations (调压站) and DMA inlet meters. Each pipe network is the road network translated by a
-small vector, so its pipes meet exactly at junctions and stay under the carriageway. Sensors
-measure what Part C §1.2 lists: methane (%LEL) in adjacent spaces, pressure and flow, leak
-noise, water level in drains and underpasses, rainfall, and bridge strain, tilt, vibration,
-deflection and temperature.
+small vector, so its pipes meet exactly at junctions and stay under the carriageway, clipped
+to the district (on a boundary road the translated main may run just outside it); every sensor
+lies inside the district, so an incident on it falls in a coded area. Sensors measure what
+Part C §1.2 lists: methane (%LEL) in adjacent spaces, pressure and flow, leak noise, water
+level in drains and underpasses, rainfall, and bridge strain, tilt, vibration, deflection and
+temperature.
 
 Components (REFERENCE Part A §3): GB/T 30428.2-2013 legacy 4-digit class codes (2-digit 大类 +
 2-digit 小类) and 16-digit ids (6 division + 4 class + 6 sequence); manhole covers are the
@@ -24,10 +26,12 @@ from typing import Any
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 from numpy.typing import NDArray
 
 from cityops.synth import strs
-from cityops.synth.context import Ctx
+from cityops.synth.areas import area_polygons_uv
+from cityops.synth.context import Ctx, lines_uv
 from cityops.synth.layout import (
     ARTERIAL,
     BRANCH,
@@ -46,6 +50,8 @@ IA = NDArray[np.int64]
 B = NDArray[np.bool_]
 
 STAGE_NETWORKS = 50
+#: Every sensor lies at least this far inside the district (metres), clear of its boundary.
+SENSOR_MARGIN_M = 0.5
 #: GB/T 30428.2-2013 component ids end in a 6-digit sequence per class.
 MAX_SEQ = 999_999
 
@@ -143,9 +149,44 @@ def _frame(cols: dict[str, Any], n: int) -> pd.DataFrame:
     return pd.DataFrame(out, index=pd.RangeIndex(n))
 
 
-def lifelines_and_sensors(ctx: Ctx) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, pd.DataFrame]:
+def _clip_pipe(p: dict[str, Any], district: Any) -> dict[str, Any]:
+    """The pipes of one network table clipped to the district (local frame): a pipe wholly
+    outside is dropped, one crossing the boundary ends on it (in pieces if it leaves and comes
+    back). Per-pipe attributes follow their pipe; ``seg`` still names the road segment."""
+    lines = lines_uv(p["u0"], p["v0"], p["u1"], p["v1"])
+    inside = shapely.contains(district, lines)
+    if inside.all():
+        return p
+    clipped = lines.copy()
+    clipped[~inside] = shapely.intersection(lines[~inside], district)
+    parts, parent = shapely.get_parts(clipped, return_index=True)
+    # Touching the boundary leaves points or zero-length bits: only real lengths of pipe stay.
+    ok = (shapely.get_type_id(parts) == shapely.GeometryType.LINESTRING) & (
+        shapely.length(parts) > 0.01
+    )
+    parts, parent = parts[ok], parent[ok]
+    n_pts = shapely.get_num_coordinates(parts)
+    coords = shapely.get_coordinates(parts)
+    last = np.cumsum(n_pts) - 1
+    first = last - n_pts + 1
+    out = {k: (v[parent] if isinstance(v, np.ndarray) else v) for k, v in p.items()}
+    out["u0"], out["v0"] = coords[first, 0], coords[first, 1]
+    out["u1"], out["v1"] = coords[last, 0], coords[last, 1]
+    out["length_m"] = np.where(inside[parent], p["length_m"][parent], shapely.length(parts))
+    return out
+
+
+def lifelines_and_sensors(
+    ctx: Ctx, district: Any = None
+) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, pd.DataFrame]:
     """``lifeline_networks``, ``sensors``, and the manholes (u, v, cover class, object id,
-    community) from which the cover components are made."""
+    community) from which the cover components are made.
+
+    ``district``: the district polygon in the local frame (computed when not given). Pipes are
+    clipped to it (a main on a boundary road, translated off the centre line, may run outside)
+    and every sensor lies inside it, so each sensor's incidents fall in a coded area."""
+    if district is None:
+        district = area_polygons_uv(ctx)[2]
     rng = stage_rng(ctx.seed, STAGE_NETWORKS)
     lay = ctx.lay
     dc = ctx.district_code
@@ -503,6 +544,16 @@ def lifelines_and_sensors(ctx: Ctx) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame,
         "v": d_v,
     }
 
+    # --- clip the pipes to the district (the manholes above were kept only inside it).
+    # The gas network of each road segment is kept for the methane sensors of its manholes,
+    # even where the segment's own gas main runs outside and is clipped away.
+    gas_net_of_seg = np.where(mp, net_gas_mp, net_gas_lp + street)
+    n_water = len(pipes[0]["seg"])
+    for p in pipes:
+        p["length_m"] = length[p["seg"]]
+    shapely.prepare(district)
+    pipes = [_clip_pipe(p, district) for p in pipes]
+
     # --- assemble lifeline_networks.
     net_tab = strs.table(nets.names)
     road_tab_s = strs.table(road_tab)
@@ -533,7 +584,7 @@ def lifelines_and_sensors(ctx: Ctx) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame,
                     "diameter_mm": pd.array(p["diameter_mm"], dtype="Int64"),
                     "material": pd.Series(mat_tab.take(p["material"])),
                     "install_year": pd.array(p["install_year"], dtype="Int64"),
-                    "length_m": np.round(length[p["seg"]], 1),
+                    "length_m": np.round(p["length_m"], 1),
                     "road_name": pd.Series(road_tab_s.take(road_id[p["seg"]])),
                     "street_code": pd.Series(street_tab.take(ctx.blk_street[s_blk])),
                     "community_code": pd.Series(comm_tab.take(ctx.blk_comm[s_blk])),
@@ -667,7 +718,10 @@ def lifelines_and_sensors(ctx: Ctx) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame,
     sensors = _sensors(
         ctx,
         rng,
+        district,
         pipes,
+        n_water,
+        gas_net_of_seg,
         offsets,
         pipe_ids,
         mh,
@@ -688,7 +742,10 @@ def lifelines_and_sensors(ctx: Ctx) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame,
 def _sensors(
     ctx: Ctx,
     rng: np.random.Generator,
+    district: Any,
     pipes: list[dict[str, Any]],
+    n_water: int,
+    gas_net_of_seg: IA,
     offsets: IA,
     pipe_ids: pd.Series,
     mh: pd.DataFrame,
@@ -703,9 +760,19 @@ def _sensors(
     nb: int,
     prefixes: list[tuple[str, int, int]],
 ) -> gpd.GeoDataFrame:
-    """Sensors on the lifeline objects; ids, networks and positions of what they measure."""
+    """Sensors on the lifeline objects; ids, networks and positions of what they measure.
+
+    Every sensor lies inside the district (``district``, local frame) by at least
+    ``SENSOR_MARGIN_M``; bridge gauges on a boundary road move onto the deck's inner half."""
     cfg = ctx.services.sensors
     dc = ctx.district_code
+    core = shapely.buffer(district, -SENSOR_MARGIN_M, join_style="mitre")
+    shapely.prepare(core)
+
+    def inside(u: F, v: F) -> B:
+        out: B = shapely.contains_xy(core, u, v)
+        return out
+
     kinds: list[str] = []
     keys: list[str] = []
     obj: list[pd.Series] = []
@@ -727,9 +794,6 @@ def _sensors(
 
     # Gas: methane in the adjacent underground spaces (manholes of other utilities), on the gas
     # network of the same road segment.
-    gas = pipes[1]
-    gas_net_of_seg = np.full(int(gas["seg"].max()) + 1 if len(gas["seg"]) else 1, -1)
-    gas_net_of_seg[gas["seg"]] = gas["net"]
     adj = np.flatnonzero(mh["util"].to_numpy() != 4)  # 4 = gas
     m = adj[rng.random(len(adj)) < _extra(cfg, "gas_concentration", "share_of_adjacent_manholes")]
     add(
@@ -747,12 +811,13 @@ def _sensors(
     L = np.abs(wp["u1"] - wp["u0"]) + np.abs(wp["v1"] - wp["v0"])
     mid_u, mid_v = (wp["u0"] + wp["u1"]) / 2, (wp["v0"] + wp["v1"]) / 2
     w_ids = pipe_ids.iloc[offsets[0] : offsets[1]].reset_index(drop=True)
-    m = np.flatnonzero(rng.random(len(L)) < L / 1000 * _extra(cfg, "water_pressure", "per_main_km"))
+    # One draw per road segment (the mains before clipping), so clipping moves no other sensor.
+    draw = rng.random(n_water)[wp["seg"]]
+    m = np.flatnonzero(draw < L / 1000 * _extra(cfg, "water_pressure", "per_main_km"))
     add("water_pressure", "pipe_pressure", w_ids.iloc[m], wp["net"][m], mid_u[m], mid_v[m])
     trunk = wp["system"] == "trunk"
-    m = np.flatnonzero(
-        trunk & (rng.random(len(L)) < L / 1000 * _extra(cfg, "leak_noise", "per_trunk_km"))
-    )
+    draw = rng.random(n_water)[wp["seg"]]
+    m = np.flatnonzero(trunk & (draw < L / 1000 * _extra(cfg, "leak_noise", "per_trunk_km")))
     add("leak_noise", "leak_noise", w_ids.iloc[m], wp["net"][m], mid_u[m], mid_v[m])
     for key, kind in (("water_flow", "flow"), ("water_pressure", "pipe_pressure")):
         add(key, kind, ids_of("DM"), dmas["net"], dmas["u"], dmas["v"])
@@ -796,34 +861,46 @@ def _sensors(
         "deflection": 1 + (Lb > 60).astype(np.int64),
         "temperature": np.ones(nb, np.int64),
     }
+    # A bridge on a road along the district boundary is half outside: its gauges on the road
+    # centre line would sit on the boundary, so they move to the middle of the deck's inner half.
+    cross = np.where(along_u, bv1 - bv0, bu1 - bu0) / 4
     for kind, k in per.items():
         parent, j = group_index(k)
         f = (j + 1) / (k[parent] + 1) - 0.5
         du = np.where(along_u[parent], f * (bu1 - bu0)[parent], 0.0)
         dv = np.where(along_u[parent], 0.0, f * (bv1 - bv0)[parent])
-        add(
-            kind,
-            kind,
-            br_ids.iloc[parent],
-            np.full(len(parent), net_br),
-            cu[parent] + du,
-            cv[parent] + dv,
-        )
+        pu, pv = cu[parent] + du, cv[parent] + dv
+        for side in (1.0, -1.0):
+            move = ~inside(pu, pv)
+            step = side * cross[parent] * move
+            su, sv = (
+                pu + np.where(along_u[parent], 0.0, step),
+                pv + np.where(along_u[parent], step, 0.0),
+            )
+            ok = move & inside(su, sv)
+            pu, pv = np.where(ok, su, pu), np.where(ok, sv, pv)
+        add(kind, kind, br_ids.iloc[parent], np.full(len(parent), net_br), pu, pv)
 
+    # Whatever still lies outside the district (none in the generated cities so far) is left
+    # out: the case loop places every incident in an area.
+    u, v = np.concatenate(us), np.concatenate(vs)
+    keep = inside(u, v)
+    u, v = u[keep], v[keep]
+    kinds = [k for k, ok in zip(kinds, keep, strict=True) if ok]
+    keys = [k for k, ok in zip(keys, keep, strict=True) if ok]
     n = len(kinds)
     key_arr = np.array(keys, dtype=object)
     dom = pd.Series(key_arr).map({k: c.domain for k, c in cfg.items()})
     unit = pd.Series(key_arr).map({k: c.unit for k, c in cfg.items()})
     interval = pd.Series(key_arr).map({k: c.interval_s for k, c in cfg.items()}).to_numpy(np.int64)
-    u, v = np.concatenate(us), np.concatenate(vs)
     df = pd.DataFrame(
         {
             "sensor_id": strs.ids(f"{dc}-SN", n, 6),
             "kind": pd.Series(pd.array(kinds, dtype=strs.STR)),
             "domain": pd.Series(pd.array(dom.to_numpy(object), dtype=strs.STR)),
             "unit": pd.Series(pd.array(unit.to_numpy(object), dtype=strs.STR)),
-            "object_id": pd.concat(obj, ignore_index=True),
-            "network_id": pd.Series(net_tab.take(np.concatenate(net))),
+            "object_id": pd.concat(obj, ignore_index=True)[keep].reset_index(drop=True),
+            "network_id": pd.Series(net_tab.take(np.concatenate(net)[keep])),
             "interval_s": interval,
             "community_code": strs.labels(
                 ctx.comm_codes, ctx.blk_comm[np.maximum(ctx.lay.locate_selected(u, v), 0)]
