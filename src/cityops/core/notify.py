@@ -104,6 +104,21 @@ def _where(parts: SplitResult) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+def post_signed(
+    url: str, body: bytes, message: Message, secret: str | None, timeout: float
+) -> httpx.Response:
+    """POST a JSON body with the event's id and kind as headers and, given a secret, its
+    ``X-Cityops-Signature`` (webhooks and the SMS gateway share the scheme)."""
+    headers = {
+        "Content-Type": "application/json; charset=utf-8",
+        "X-Cityops-Event-Id": message.event_id,
+        "X-Cityops-Event-Kind": message.kind,
+    }
+    if secret:
+        headers["X-Cityops-Signature"] = signature(secret, body)
+    return httpx.post(url, content=body, headers=headers, timeout=timeout)
+
+
 class WebhookSender:
     """POST the message as JSON to one URL; any non-2xx answer is a failure (retried)."""
 
@@ -126,14 +141,7 @@ class WebhookSender:
             ensure_ascii=False,
             default=str,
         ).encode()
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "X-Cityops-Event-Id": message.event_id,
-            "X-Cityops-Event-Kind": message.kind,
-        }
-        if self.secret:
-            headers["X-Cityops-Signature"] = signature(self.secret, body)
-        response = httpx.post(self.url, content=body, headers=headers, timeout=self.timeout)
+        response = post_signed(self.url, body, message, self.secret, self.timeout)
         if not 200 <= response.status_code < 300:
             raise RuntimeError(f"webhook {self.url} answered {response.status_code}")
 
@@ -348,17 +356,9 @@ class SmsSender:
         to = message.to.strip()
         if not to:
             raise NotifyError("SMS notice without a phone number")
-        body = self.body(message)
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "X-Cityops-Event-Id": message.event_id,
-            "X-Cityops-Event-Kind": message.kind,
-        }
-        if self.secret:
-            headers["X-Cityops-Signature"] = signature(self.secret, body)
         try:
-            response = httpx.post(
-                self.gateway_url, content=body, headers=headers, timeout=self.timeout
+            response = post_signed(
+                self.gateway_url, self.body(message), message, self.secret, self.timeout
             )
         except httpx.HTTPError as exc:
             raise NotifyError(
