@@ -49,6 +49,29 @@ sys.path.insert(0, str(ROOT / "src"))
 # ------------------------------------------------------------------------------ publisher
 
 
+def publisher_command(args: argparse.Namespace, city: str) -> list[str]:
+    """This script as the paced publisher process (``--publisher``) for ``city``."""
+    return [
+        sys.executable,
+        __file__,
+        "--publisher",
+        "--url",
+        args.url,
+        "--city",
+        city,
+        "--rate",
+        str(args.rate),
+        "--seconds",
+        str(args.seconds),
+        "--sensors",
+        str(args.sensors),
+        "--alarm-share",
+        str(args.alarm_share),
+        "--alarm-period",
+        str(args.alarm_period),
+    ]
+
+
 def _remaining_length(n: int) -> bytes:
     out = bytearray()
     while True:
@@ -231,25 +254,7 @@ def reference_paced(args: argparse.Namespace) -> tuple[float, int, int] | None:
     time.sleep(1.0)
     t0 = time.time()
     pub = subprocess.run(
-        [
-            sys.executable,
-            __file__,
-            "--publisher",
-            "--url",
-            args.url,
-            "--city",
-            city,
-            "--rate",
-            str(args.rate),
-            "--seconds",
-            str(args.seconds),
-            "--sensors",
-            str(args.sensors),
-            "--alarm-share",
-            str(args.alarm_share),
-            "--alarm-period",
-            str(args.alarm_period),
-        ],
+        publisher_command(args, city),
         capture_output=True,
         text=True,
         check=True,
@@ -331,25 +336,7 @@ def ours(args: argparse.Namespace) -> dict[str, float]:
     n_total = int(args.rate * args.seconds)
     t0 = time.time()
     pub = subprocess.Popen(
-        [
-            sys.executable,
-            __file__,
-            "--publisher",
-            "--url",
-            args.url,
-            "--city",
-            args.city,
-            "--rate",
-            str(args.rate),
-            "--seconds",
-            str(args.seconds),
-            "--sensors",
-            str(args.sensors),
-            "--alarm-share",
-            str(args.alarm_share),
-            "--alarm-period",
-            str(args.alarm_period),
-        ],
+        publisher_command(args, args.city),
         stdout=subprocess.PIPE,
         text=True,
     )

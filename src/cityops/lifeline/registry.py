@@ -13,7 +13,7 @@ import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import shapely
 from sqlalchemy import func, select
@@ -27,6 +27,8 @@ from cityops.lifeline.alarms import SensorRule
 from cityops.lifeline.ingest.payload import Reading
 from cityops.lifeline.models import Device, Sensor
 from cityops.lifeline.schemas import SensorIn, SensorPatch
+
+T = TypeVar("T")
 
 #: Sensors changed within this many seconds before the cache's last look are read again, so a
 #: writer whose clock lags a little behind ours is not missed.
@@ -228,14 +230,26 @@ def _default_owner(domain: str) -> str | None:
     return d.owner_unit if d else None
 
 
-def get(session: Session, sensor_id: str, *, lock: bool = False) -> Sensor:
-    q = select(Sensor).where(Sensor.id == sensor_id)
+def fetch(session: Session, model: type[T], key: Any, *, lock: bool, missing: str) -> T:
+    """The row of ``model`` with primary key ``key`` (``FOR UPDATE`` with ``lock``), else
+    404 with ``missing`` as the message."""
+    q = select(model).where(model.id == key)  # type: ignore[attr-defined]
     if lock:
         q = q.with_for_update()
-    sensor = session.scalar(q)
-    if sensor is None:
-        raise NotFound(f"No sensor {sensor_id!r}: GET /api/v1/lifeline/sensors lists them.")
-    return sensor
+    row = session.scalar(q)
+    if row is None:
+        raise NotFound(missing)
+    return row
+
+
+def get(session: Session, sensor_id: str, *, lock: bool = False) -> Sensor:
+    return fetch(
+        session,
+        Sensor,
+        sensor_id,
+        lock=lock,
+        missing=f"No sensor {sensor_id!r}: GET /api/v1/lifeline/sensors lists them.",
+    )
 
 
 def update(session: Session, sensor_id: str, patch: SensorPatch, actor: str) -> Sensor:

@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from cityops.core import audit
 from cityops.core.auth import Principal
 from cityops.core.db import utcnow
-from cityops.core.errors import Conflict, NotFound, ValidationFailed
+from cityops.core.errors import Conflict, ValidationFailed
 from cityops.core.events import Claimed, Handler, publish
 from cityops.lifeline import incidents as machine
 from cityops.lifeline.alarms import LEVELS
@@ -38,7 +38,7 @@ from cityops.lifeline.models import (
     Sensor,
     SensorState,
 )
-from cityops.lifeline.registry import rule_of
+from cityops.lifeline.registry import fetch, rule_of
 from cityops.lifeline.rules import incident_rules
 from cityops.lifeline.schemas import (
     AlarmOut,
@@ -219,13 +219,13 @@ def dead_letter_out(d: DeadLetter) -> DeadLetterOut:
 
 
 def get_alarm(session: Session, alarm_id: int, *, lock: bool = False) -> Alarm:
-    q = select(Alarm).where(Alarm.id == alarm_id)
-    if lock:
-        q = q.with_for_update()
-    alarm = session.scalar(q)
-    if alarm is None:
-        raise NotFound(f"No alarm {alarm_id}: GET /api/v1/lifeline/alarms lists them.")
-    return alarm
+    return fetch(
+        session,
+        Alarm,
+        alarm_id,
+        lock=lock,
+        missing=f"No alarm {alarm_id}: GET /api/v1/lifeline/alarms lists them.",
+    )
 
 
 def acknowledge_alarm(
@@ -324,13 +324,13 @@ def list_alarms(
 
 
 def get_incident(session: Session, incident_id: int, *, lock: bool = False) -> Incident:
-    q = select(Incident).where(Incident.id == incident_id)
-    if lock:
-        q = q.with_for_update()
-    inc = session.scalar(q)
-    if inc is None:
-        raise NotFound(f"No incident {incident_id}: GET /api/v1/lifeline/incidents lists them.")
-    return inc
+    return fetch(
+        session,
+        Incident,
+        incident_id,
+        lock=lock,
+        missing=f"No incident {incident_id}: GET /api/v1/lifeline/incidents lists them.",
+    )
 
 
 def _record(
