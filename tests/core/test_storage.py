@@ -256,3 +256,25 @@ def test_bulk_import_rebuilds_spatial_index(db, monkeypatch):
                 )
                 == 1
             )
+
+
+def test_kept_value_is_one_value_when_processes_start_together(db) -> None:
+    """Several server processes starting on a new database at once (``uvicorn --workers N``)
+    each ask for the signing key: one key is generated, every caller gets it, none fails."""
+    from concurrent.futures import ThreadPoolExecutor
+    from threading import Barrier
+
+    from cityops.core.auth import signing_key
+    from cityops.core.models import AppState
+
+    barrier = Barrier(6)
+
+    def start() -> str:
+        barrier.wait()
+        return signing_key(db, None)
+
+    with ThreadPoolExecutor(6) as pool:
+        keys = list(pool.map(lambda _: start(), range(6)))
+    assert len(set(keys)) == 1
+    with db.read() as s:
+        assert s.get(AppState, "secret_key").value == keys[0]

@@ -112,7 +112,7 @@ from cityops.core.errors import (
     ValidationFailed,
 )
 from cityops.core.events import serial_write
-from cityops.core.models import AppState
+from cityops.core.models import kept_value
 from cityops.core.rules import RuleFileError, load_rules
 from cityops.settings import get_settings
 
@@ -339,12 +339,7 @@ def _cipher_from_session(session: Session, key: str) -> Fernet:
         return hit
     secret = get_settings().contact_key
     if not secret:
-        row = session.get(AppState, "contact_key")
-        if row is None:
-            row = AppState(key="contact_key", value=Fernet.generate_key().decode())
-            session.add(row)
-            session.flush()
-        secret = row.value
+        secret = kept_value(session, "contact_key", lambda: Fernet.generate_key().decode())
     cipher = Fernet(secret.encode())
     with _lock:
         _ciphers[key] = cipher

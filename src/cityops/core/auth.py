@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from cityops.core.db import Database
 from cityops.core.errors import Forbidden, Unauthorized, ValidationFailed
-from cityops.core.models import AppState, User, UserRole
+from cityops.core.models import User, UserRole, kept_value
 
 ROLES: tuple[str, ...] = (
     "citizen",
@@ -121,11 +121,7 @@ def signing_key(db: Database, configured: str | None) -> str:
     if configured:
         return configured
     with db.write() as session:
-        row = session.get(AppState, "secret_key")
-        if row is None:
-            row = AppState(key="secret_key", value=secrets.token_urlsafe(48))
-            session.add(row)
-        return row.value
+        return kept_value(session, "secret_key", lambda: secrets.token_urlsafe(48))
 
 
 def issue_token(user: User, key: str, minutes: int) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from cityops.core.db import Base, JSONType, UTCDateTime, utcnow
 
@@ -20,6 +23,27 @@ class AppState(Base):
     __tablename__ = "app_state"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+def kept_value(session: Session, key: str, make: Callable[[], str]) -> str:
+    """The value kept in ``app_state`` under ``key``, made by ``make()`` on first use.
+
+    Safe when several processes start on a new database at once (``uvicorn --workers N``):
+    ``INSERT … ON CONFLICT DO NOTHING`` lets the first writer win, and every process then
+    reads the winner's value (on PostgreSQL the insert waits for a concurrent one to commit).
+    """
+    row = session.get(AppState, key)
+    if row is not None:
+        return row.value
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(AppState)
+        .values(key=key, value=make())
+        .on_conflict_do_nothing(index_elements=["key"])
+    )
+    value = session.scalar(select(AppState.value).where(AppState.key == key))
+    assert value is not None
+    return value
 
 
 class User(Base):
