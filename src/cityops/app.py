@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cityops import __version__
@@ -120,6 +122,29 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
+def _add_body_schemas(app: FastAPI, models: list[type[BaseModel]]) -> None:
+    """Put the schemas of request bodies that a route validates itself (the hot write paths
+    read the raw JSON in one pydantic-core pass; their ``openapi_extra`` points at
+    ``#/components/schemas/<Model>``) into the OpenAPI components."""
+    if not models:
+        return
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        _, defs = models_json_schema(
+            [(m, "validation") for m in models], ref_template="#/components/schemas/{model}"
+        )
+        known = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in defs.get("$defs", {}).items():
+            known.setdefault(name, definition)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
     """Build the app for one database (``settings.database_url`` unless ``db`` is given)."""
     settings = settings or get_settings()
@@ -141,9 +166,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
         """The OpenAPI description also under the API's own prefix (public, like /openapi.json)."""
         return JSONResponse(app.openapi())
 
-    app.state.routers = [importlib.import_module(m).router for m in ROUTERS]
+    modules = [importlib.import_module(m) for m in ROUTERS]
+    app.state.routers = [m.router for m in modules]
     for router in app.state.routers:
         app.include_router(router)
+    _add_body_schemas(app, [model for m in modules for model in getattr(m, "OPENAPI_MODELS", ())])
 
     if (STATIC / "index.html").is_file():
         app.mount("/ui", StaticFiles(directory=STATIC, html=True), name="ui")

@@ -278,3 +278,26 @@ def test_kept_value_is_one_value_when_processes_start_together(db) -> None:
     assert len(set(keys)) == 1
     with db.read() as s:
         assert s.get(AppState, "secret_key").value == keys[0]
+
+
+def test_utc_datetime_text_on_sqlite_is_sqlalchemys() -> None:
+    """UTCDateTime writes SQLite text in one step; it must be exactly the text SQLAlchemy's
+    SQLite DATETIME writes (stored values are compared as text), and refuse naive values."""
+    from sqlalchemy import DateTime
+    from sqlalchemy.dialects import sqlite
+
+    from cityops.core.db import UTCDateTime
+
+    dialect = sqlite.dialect()
+    ours = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
+    theirs = DateTime().dialect_impl(dialect).bind_processor(dialect)
+    cst = dt.timezone(dt.timedelta(hours=8))
+    for value in (
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        dt.datetime(2025, 10, 1, 8, 0, 0, 5, tzinfo=cst),
+        dt.datetime(999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC),
+    ):
+        assert ours(value) == theirs(value.astimezone(dt.UTC).replace(tzinfo=None))
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive"):
+        ours(dt.datetime(2026, 1, 1))

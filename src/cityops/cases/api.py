@@ -16,12 +16,13 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, File, Header, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
 import cityops.cases.permissions  # noqa: F401  (registers the permissions)
-from cityops.cases import service
+from cityops.cases import intake, service
 from cityops.cases.deadlines import parse_limit
 from cityops.cases.schemas import (
     CaseCreate,
@@ -60,14 +61,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     worker = Worker(db) if run_worker_in_process(db) else None
     if worker is not None:
         worker.start()
+    app.state.case_writer = await intake.open_writer(db)
     try:
         yield
     finally:
+        await app.state.case_writer.close()
         if worker is not None:
             await anyio.to_thread.run_sync(worker.stop)
 
 
 router = APIRouter(prefix="/api/v1", lifespan=_lifespan)
+#: request bodies validated by their route itself (named in its openapi_extra), whose schemas
+#: the app adds to the OpenAPI components
+OPENAPI_MODELS = (CaseCreate,)
 
 Reader = Annotated[Principal, Depends(require("cases:read"))]
 PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -102,9 +108,16 @@ def _aware(value: dt.datetime | None, field: str) -> dt.datetime | None:
     tags=["cases"],
     summary="Report a case (信息收集); optionally register and dispatch it at once",
     responses=PROBLEMS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/CaseCreate"}}
+            },
+        }
+    },
 )
-def post_case(
-    body: CaseCreate,
+async def post_case(
     request: Request,
     principal: Annotated[Principal, Depends(require("cases:create"))],
     idempotency_key: Annotated[
@@ -114,12 +127,29 @@ def post_case(
             description="repeat a create safely: the same key and body return the first answer",
         ),
     ] = None,
-) -> JSONResponse:
-    out, created = service.create_case(_db(request), principal, body, idempotency_key)
-    headers = {"Location": f"/api/v1/cases/{out['id']}"}
+) -> Response:
+    # the body is validated here rather than by FastAPI's body parameter (which decodes the
+    # JSON in Python, then validates): one pydantic-core pass over the raw bytes; its errors
+    # take the same problem+json shape (app.install_error_handlers)
+    try:
+        body = CaseCreate.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+    report, created = await intake.create(
+        request.app.state.case_writer, _db(request), principal, body, idempotency_key
+    )
+    headers = {"Location": f"/api/v1/cases/{report.new.case.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
-    return JSONResponse(out, status_code=201, headers=headers)
+        return JSONResponse(report.replay, status_code=201, headers=headers)
+    if report.out is not None:
+        return JSONResponse(report.out, status_code=201, headers=headers)
+    out = service.case_out(report.new.case, service.case_rules(), principal, at=report.at)
+    return Response(
+        out.model_dump_json(), status_code=201, headers=headers, media_type="application/json"
+    )
 
 
 @router.get(

@@ -12,6 +12,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
@@ -60,9 +61,11 @@ class Match:
         }
 
 
+@lru_cache(maxsize=4096)
 def bigrams(text: str) -> frozenset[str]:
     """Character bigrams of the text without spaces/punctuation (a lone character is its own
-    gram)."""
+    gram). Cached: reports repeat their wording (a patrol's templates), and every new case
+    compares its text with each open case nearby."""
     chars = [c for c in text.lower() if c.isalnum()]
     if len(chars) == 1:
         return frozenset(chars)
@@ -71,7 +74,10 @@ def bigrams(text: str) -> frozenset[str]:
 
 def similarity(a: str, b: str) -> float | None:
     """Jaccard index of the bigram sets; ``None`` when either text is empty."""
-    ga, gb = bigrams(a), bigrams(b)
+    return _jaccard(bigrams(a), bigrams(b))
+
+
+def _jaccard(ga: frozenset[str], gb: frozenset[str]) -> float | None:
     if not ga or not gb:
         return None
     return len(ga & gb) / len(ga | gb)
@@ -101,12 +107,13 @@ def find(
     lats = np.array([c.lat for c in candidates], dtype=float)
     _, _, dist = _GEOD.inv(np.full_like(lons, lon), np.full_like(lats, lat), lons, lats)
     window = dt.timedelta(hours=rules.window_hours)
+    grams = bigrams(text)
     out = []
     for c, d in zip(candidates, np.asarray(dist), strict=True):
         apart = abs(at - c.reported_at)
         if d > rules.distance_m or apart > window:
             continue
-        sim = similarity(text, c.text)
+        sim = _jaccard(grams, bigrams(c.text))
         if sim is not None and sim < rules.min_text_similarity:
             continue
         out.append(Match(c.id, float(d), apart.total_seconds() / 60, sim))

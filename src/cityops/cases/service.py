@@ -23,7 +23,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -112,7 +112,7 @@ from cityops.core.errors import (
     ValidationFailed,
 )
 from cityops.core.events import serial_write
-from cityops.core.models import kept_value
+from cityops.core.models import AppState, kept_value
 from cityops.core.rules import RuleFileError, load_rules
 from cityops.settings import get_settings
 
@@ -328,8 +328,28 @@ def cipher_for(db: Database) -> Fernet:
         hit = _ciphers.get(_key(db))
     if hit is not None:
         return hit
+    if not get_settings().contact_key:
+        with db.read() as session:  # the key is there but for a new database's first report
+            if session.get(AppState, "contact_key") is not None:
+                return _cipher_from_session(session, _key(db))
     with serial_write(db) as session:
         return _cipher_from_session(session, _key(db))
+
+
+def prepared_from_memory(db: Database, *, cipher: bool) -> bool:
+    """Whether :func:`prepare_new` would find everything it reads — the locator, the working
+    calendar, the contact cipher — in this process's caches, with no database access (an async
+    caller prepares on the event loop then, else in a thread)."""
+    key, at = _key(db), time.monotonic()
+    with _lock:
+        geo, cal = _geocoders.get(key), _calendars.get(key)
+        return (
+            geo is not None
+            and at - geo[0] < GEOCODER_TTL
+            and cal is not None
+            and at - cal[0] < CALENDAR_TTL
+            and (not cipher or key in _ciphers)
+        )
 
 
 def _cipher_from_session(session: Session, key: str) -> Fernet:
@@ -729,28 +749,42 @@ _DUPLICATE_QUERY = (
 )
 
 
-def _duplicate_candidates(
-    session: Session, rules: CaseRules, category: str, lon: float, lat: float, at: dt.datetime
-) -> list[dup.Candidate]:
-    minx, miny, maxx, maxy = dup.search_box(rules.duplicates, lon, lat)
+def duplicate_params(new: _NewCase) -> dict[str, Any]:
+    """The parameters of the likely-duplicate search for a new case (``_DUPLICATE_QUERY``)."""
+    rules = case_rules()
+    c = new.case
+    minx, miny, maxx, maxy = dup.search_box(rules.duplicates, c.lon, c.lat)
     window = dt.timedelta(hours=rules.duplicates.window_hours)
-    rows = (
-        session.connection()
-        .execute(
-            _DUPLICATE_QUERY,
-            {
-                "category": category,
-                "minx": minx,
-                "miny": miny,
-                "maxx": maxx,
-                "maxy": maxy,
-                "since": at - window,
-                "until": at + window,
-            },
-        )
-        .all()
+    return {
+        "category": c.category,
+        "minx": minx,
+        "miny": miny,
+        "maxx": maxx,
+        "maxy": maxy,
+        "since": c.reported_at - window,
+        "until": c.reported_at + window,
+    }
+
+
+def candidate(row: Sequence[Any]) -> dup.Candidate:
+    """A row of ``_DUPLICATE_QUERY`` as a candidate."""
+    return dup.Candidate(row[0], row[1], row[2], row[3], f"{row[4]} {row[5]}")
+
+
+def settle_duplicates(new: _NewCase, candidates: list[dup.Candidate]) -> None:
+    """Mark the new case's likely duplicates among the open cases found near it."""
+    c = new.case
+    matches = dup.find(
+        case_rules().duplicates,
+        c.lon,
+        c.lat,
+        c.reported_at,
+        f"{c.title} {c.description}",
+        candidates,
     )
-    return [dup.Candidate(r[0], r[1], r[2], r[3], f"{r[4]} {r[5]}") for r in rows]
+    c.likely_duplicates = [m.as_dict() for m in matches]
+    c.has_duplicates = bool(matches)
+    new.history[0].data = {**new.history[0].data, "likely_duplicates": [m.id for m in matches]}
 
 
 @dataclass
@@ -896,32 +930,71 @@ def _prepare(
 
 def _insert(session: Session, new: _NewCase, principal: Principal, at: dt.datetime) -> Any:
     """Insert a prepared case, its history, reporter and outbox events (Core statements: one
-    per table, no unit-of-work bookkeeping); returns the case as the API shows it."""
-    c = new.case
+    per table, no unit-of-work bookkeeping); returns the case as the API shows it.
+
+    The same rows as :mod:`cityops.cases.intake` writes for ``POST /api/v1/cases``."""
     # likely duplicates are searched in the writing transaction: one indexed query (tens of
     # microseconds) instead of a read transaction of its own, and it sees every case committed
     # before this one
-    rules = case_rules()
-    matches = dup.find(
-        rules.duplicates,
-        c.lon,
-        c.lat,
-        c.reported_at,
-        f"{c.title} {c.description}",
-        _duplicate_candidates(session, rules, c.category, c.lon, c.lat, c.reported_at),
-    )
-    c.likely_duplicates = [m.as_dict() for m in matches]
-    c.has_duplicates = bool(matches)
-    new.history[0].data = {**new.history[0].data, "likely_duplicates": [m.id for m in matches]}
-    # Core statements on the session's connection: the ORM session's execute adds ≈ 0.1 ms of
-    # bookkeeping per statement that plain inserts do not need
     conn = session.connection()
-    pk = conn.execute(_INSERT_CASE, _row(c, "pk")).scalar_one()
-    c.pk = pk
-    conn.execute(_INSERT_EVENTS, [{**_row(ev, "id"), "case_pk": pk} for ev in new.history])
-    conn.execute(_INSERT_REPORTER, [{**new.reporter, "case_pk": pk}])
-    events.publish_many(session, [("case.changed", _payload(c, ev)) for ev in new.history], at=at)
-    return case_out(c, rules, principal, at=at)
+    rows = conn.execute(_DUPLICATE_QUERY, duplicate_params(new)).all()
+    settle_duplicates(new, [candidate(r) for r in rows])
+    pk = conn.execute(_INSERT_CASE, case_row(new)).scalar_one()
+    conn.execute(_INSERT_EVENTS, history_rows(new, pk))
+    conn.execute(_INSERT_REPORTER, [reporter_row(new, pk)])
+    conn.execute(events.INSERT_OUTBOX, events.outbox_rows(outbox_items(new), at))
+    return case_out(new.case, case_rules(), principal, at=at)
+
+
+def case_row(new: _NewCase) -> dict[str, Any]:
+    return _row(new.case, "pk")
+
+
+def history_rows(new: _NewCase, pk: int) -> list[dict[str, Any]]:
+    new.case.pk = pk
+    return [{**_row(ev, "id"), "case_pk": pk} for ev in new.history]
+
+
+def reporter_row(new: _NewCase, pk: int) -> dict[str, Any]:
+    return {**new.reporter, "case_pk": pk}
+
+
+def outbox_items(new: _NewCase) -> list[tuple[str, dict[str, Any]]]:
+    return [("case.changed", _payload(new.case, ev)) for ev in new.history]
+
+
+def idempotency_row(
+    new: _NewCase, principal: Principal, key: str, out: dict[str, Any], at: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "username": principal.username,
+        "key": key,
+        "request_hash": new.request_hash,
+        "case_pk": new.case.pk,
+        "response": out,
+        "created_at": at,
+    }
+
+
+def check_idempotency_key(key: str | None) -> None:
+    if key is not None and not 1 <= len(key) <= 128:
+        raise ValidationFailed(
+            "Idempotency-Key must be 1–128 characters (a UUID is a good choice).",
+            [FieldError("Idempotency-Key", "1–128 characters")],
+        )
+
+
+def prepare_new(db: Database, principal: Principal, body: CaseCreate, at: dt.datetime) -> _NewCase:
+    """Everything about a new report decided before the write (see :func:`_prepare`)."""
+    geocoder = _geocoder(db)
+    return _prepare(
+        principal,
+        body,
+        at=at,
+        locate=lambda lon, lat: _locate(geocoder, lon, lat),
+        cal=calendar_for(db),
+        cipher=lambda: cipher_for(db),
+    )
 
 
 def create_case(
@@ -935,22 +1008,9 @@ def create_case(
     Returns ``(case, created)``; ``created`` is False when ``idempotency_key`` was used before
     with the same request (the first answer is returned again).
     """
-    if idempotency_key is not None and not 1 <= len(idempotency_key) <= 128:
-        raise ValidationFailed(
-            "Idempotency-Key must be 1–128 characters (a UUID is a good choice).",
-            [FieldError("Idempotency-Key", "1–128 characters")],
-        )
+    check_idempotency_key(idempotency_key)
     at = now()
-    geocoder = _geocoder(db)
-
-    new = _prepare(
-        principal,
-        body,
-        at=at,
-        locate=lambda lon, lat: _locate(geocoder, lon, lat),
-        cal=calendar_for(db),
-        cipher=lambda: cipher_for(db),
-    )
+    new = prepare_new(db, principal, body, at)
     for attempt in range(4):
         try:
             # a repeated Idempotency-Key is found by the key's primary key at insert time (the
@@ -960,24 +1020,15 @@ def create_case(
                 if idempotency_key is not None:
                     session.connection().execute(
                         _INSERT_IDEMPOTENCY,
-                        [
-                            {
-                                "username": principal.username,
-                                "key": idempotency_key,
-                                "request_hash": new.request_hash,
-                                "case_pk": new.case.pk,
-                                "response": out,
-                                "created_at": at,
-                            }
-                        ],
+                        [idempotency_row(new, principal, idempotency_key, out, at)],
                     )
             return out, True
         except IntegrityError as exc:
-            if _violates(exc, "cases") and attempt < 3:
+            if violates(exc, "cases") and attempt < 3:
                 # 50 random bits: a collision is rare but possible, and ids are never reused
                 new.case.id = new_case_id()
                 continue
-            if idempotency_key is None or not _violates(exc, "case_idempotency"):
+            if idempotency_key is None or not violates(exc, "case_idempotency"):
                 raise
             # the same key raced in from two requests at once: the other one committed first
             with serial_write(db) as session:
@@ -1062,8 +1113,9 @@ def _event_draft(**values: Any) -> CaseEvent:
     return cast(CaseEvent, _EventDraft(values))
 
 
-def _violates(exc: IntegrityError, table: str) -> bool:
-    text = str(exc.orig)
+def violates(exc: Exception, table: str) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or the driver's) broke a unique key of ``table``."""
+    text = str(getattr(exc, "orig", exc))
     return f"{table}." in text or f"pk_{table}" in text or f"uq_{table}_id" in text
 
 
@@ -1078,15 +1130,21 @@ def _replay(
     session: Session, principal: Principal, key: str, request_hash: str
 ) -> dict[str, Any] | None:
     row = session.execute(_SELECT_IDEMPOTENCY, {"username": principal.username, "key": key}).first()
+    return replayed(row, request_hash)
+
+
+def replayed(row: Sequence[Any] | None, request_hash: str) -> dict[str, Any] | None:
+    """The first answer to a repeated Idempotency-Key (``request_hash``, ``response`` of its
+    row), or a 422 when the key came with a different report."""
     if row is None:
         return None
-    if row.request_hash != request_hash:
+    if row[0] != request_hash:
         raise ValidationFailed(
             "This Idempotency-Key was already used for a different report: use a new key for "
             "a new report, or resend exactly the same body to get the first answer again.",
             [FieldError("Idempotency-Key", "reused with a different body")],
         )
-    return dict(row.response)
+    return dict(row[1])
 
 
 # ------------------------------------------------------------------------------ transition

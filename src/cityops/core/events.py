@@ -79,11 +79,13 @@ class OutboxEvent(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
-        # only pending rows are indexed, so the index stays small however long the log grows
+        # only pending rows are indexed, so the index stays small however long the log grows;
+        # keyed in claiming order (oldest first), so a claim reads only pending entries
+        # (migration 0005)
         Index(
             "ix_outbox_pending",
-            "available_at",
             "id",
+            "available_at",
             postgresql_where=text("done_at IS NULL AND failed_at IS NULL"),
             sqlite_where=text("done_at IS NULL AND failed_at IS NULL"),
         ),
@@ -92,11 +94,19 @@ class OutboxEvent(Base):
 
 #: the table for Core statements (bulk paths skip the ORM's unit of work)
 OUTBOX = cast(Table, OutboxEvent.__table__)
-_INSERT_OUTBOX = insert(OUTBOX)
+INSERT_OUTBOX = insert(OUTBOX)
 
 
 _writers_lock = threading.Lock()
 _writers: dict[str, threading.Lock] = {}
+
+
+def writer_lock(db: Database) -> threading.Lock:
+    """The lock this process's writers of the SQLite database ``db`` queue on (see
+    :func:`serial_write`); a writer on a raw connection takes it around its transaction."""
+    key = str(db.engine.url)
+    with _writers_lock:
+        return _writers.setdefault(key, threading.Lock())
 
 
 @contextmanager
@@ -115,10 +125,7 @@ def serial_write(db: Database) -> Iterator[Session]:
         with db.write() as session:
             yield session
         return
-    key = str(db.engine.url)
-    with _writers_lock:
-        lock = _writers.setdefault(key, threading.Lock())
-    with lock, db.write() as session:
+    with writer_lock(db), db.write() as session:
         yield session
 
 
@@ -150,21 +157,27 @@ def publish_many(
     at: dt.datetime | None = None,
 ) -> list[str]:
     """Write several events in the caller's transaction with one statement; their uids."""
-    now = at or utcnow()
-    rows = [
+    rows = outbox_rows(items, at or utcnow())
+    if rows:
+        session.connection().execute(INSERT_OUTBOX, rows)
+    return [str(r["uid"]) for r in rows]
+
+
+def outbox_rows(
+    items: Sequence[tuple[str, Mapping[str, Any]]], at: dt.datetime
+) -> list[dict[str, Any]]:
+    """The outbox rows of ``(kind, payload)`` events published at ``at``."""
+    return [
         {
             "uid": uuid.uuid4().hex,
             "kind": kind,
             "payload": dict(payload),
-            "created_at": now,
-            "available_at": now,
+            "created_at": at,
+            "available_at": at,
             "attempts": 0,
         }
         for kind, payload in items
     ]
-    if rows:
-        session.connection().execute(_INSERT_OUTBOX, rows)
-    return [str(r["uid"]) for r in rows]
 
 
 # ------------------------------------------------------------------------------ consuming
