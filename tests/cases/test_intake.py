@@ -142,8 +142,8 @@ def test_a_failing_report_fails_alone(city: Any, clock: Any) -> None:
     assert replay[1] is False and replay[0].replay["id"] == first.new.case.id
     assert ok1[1] and ok2[1] and ok1[0].new.case.id != ok2[0].new.case.id
     assert _count(city) == 3
-    # the second report of the batch saw the first one (same category, 0 m apart)
-    assert [d["id"] for d in ok2[0].new.case.likely_duplicates] == [ok1[0].new.case.id]
+    if city.is_sqlite:  # one transaction: the batch's later report sees the earlier one
+        assert [d["id"] for d in ok2[0].new.case.likely_duplicates] == [ok1[0].new.case.id]
 
 
 def test_the_loop_runs_while_another_writer_holds_sqlite(city: Any, clock: Any) -> None:

@@ -8,8 +8,9 @@ database spends on it. A :class:`Compiled` keeps what SQLAlchemy decides once pe
 processors: ``UTCDateTime``, JSON/JSONB …) and hands the DB-API cursor plain parameters, so
 the values written are exactly those a Core ``execute`` would write (a test compares rows).
 
-Used with ``sqlite3`` connections (qmark parameters, a tuple) and psycopg 3 connections, sync
-or async (named ``%(name)s`` parameters, a dict).
+Used with ``sqlite3`` connections (qmark parameters, a tuple) and asyncpg connections (``$n``
+parameters, a tuple: compile for SQLAlchemy's asyncpg dialect), or psycopg 3 (named
+``%(name)s`` parameters, a dict).
 """
 
 from __future__ import annotations
@@ -86,6 +87,6 @@ def compiled_insert(
     stmt = insert(table).values(
         {c.key: bindparam(c.key, type_=c.type) for c in table.columns if c.key not in skipped}
     )
-    if returning is not None:
-        stmt = stmt.returning(table.c[returning])
+    # inline(): no implicit RETURNING of the primary key unless asked for
+    stmt = stmt.returning(table.c[returning]) if returning is not None else stmt.inline()
     return Compiled(stmt, dialect)
