@@ -221,3 +221,19 @@ def test_the_clock_of_a_report_is_the_service_clock(city: Any, clock: Any) -> No
     with city.read() as s:
         at = s.scalar(select(Case.reported_at).where(Case.id == report.new.case.id))
     assert at == dt.datetime(2026, 2, 13, 17, 0, tzinfo=dt.UTC)
+
+
+def test_creating_needs_the_permission(api: Any) -> None:
+    """The route checks its caller itself (no FastAPI dependency): the same 401/403."""
+    body = {"source": "grid_patrol", "category": "event:0102", "title": "x", "location": {}}
+    r = api.client.post("/api/v1/cases", json=body)
+    assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+    r = api.client.post("/api/v1/cases", json=body, headers={"Authorization": "Bearer nonsense"})
+    assert r.status_code == 401
+    r = api.client.post("/api/v1/cases", json=body, headers=api.h("ana"))
+    assert r.status_code == 403 and "cases:create" in r.json()["detail"]
+    assert _count(api.db) == 0
+    # a caller who may create gets the body's field errors (problem+json, field named)
+    r = api.client.post("/api/v1/cases", json=body, headers=api.h("gw"))
+    assert r.status_code == 422
+    assert {e["field"] for e in r.json()["errors"]} >= {"location.lon", "location.lat"}

@@ -301,3 +301,14 @@ def test_utc_datetime_text_on_sqlite_is_sqlalchemys() -> None:
     assert ours(None) is None
     with pytest.raises(ValueError, match="naive"):
         ours(dt.datetime(2026, 1, 1))
+    # and read back: the text SQLAlchemy's SQLite DATETIME writes, with or without fractions
+    read = UTCDateTime().dialect_impl(dialect).result_processor(dialect, None)
+    parse = DateTime().dialect_impl(dialect).result_processor(dialect, None)
+    for stored in (
+        "2026-01-01 00:00:00.000000",
+        "2025-10-01 00:00:00.000005",
+        "2026-02-13 17:00:00",
+    ):
+        assert read(stored) == parse(stored).replace(tzinfo=dt.UTC)
+        assert read(stored).tzinfo is dt.UTC
+    assert read(None) is None

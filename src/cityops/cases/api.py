@@ -33,7 +33,7 @@ from cityops.cases.schemas import (
     TransitionIn,
 )
 from cityops.cases.worker import Worker, run_worker_in_process
-from cityops.core.auth import Principal, require
+from cityops.core.auth import Principal, permission_checked, require
 from cityops.core.db import Database
 from cityops.core.deps import DbDep
 from cityops.core.errors import CityopsError, FieldError, ValidationFailed
@@ -76,6 +76,7 @@ router = APIRouter(prefix="/api/v1", lifespan=_lifespan)
 OPENAPI_MODELS = (CaseCreate,)
 
 Reader = Annotated[Principal, Depends(require("cases:read"))]
+_may_create = permission_checked("cases:create")
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     403: {"description": "role or data scope does not allow it (problem+json)"},
     404: {"description": "no such case visible to you (problem+json)"},
@@ -108,26 +109,32 @@ def _aware(value: dt.datetime | None, field: str) -> dt.datetime | None:
     tags=["cases"],
     summary="Report a case (信息收集); optionally register and dispatch it at once",
     responses=PROBLEMS,
+    # the route reads its own request (no FastAPI dependencies or parameters to solve: ≈ 8 %
+    # of a creation's server time): its body, header and security are described here
     openapi_extra={
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": {"$ref": "#/components/schemas/CaseCreate"}}
             },
-        }
+        },
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+                "description": "repeat a create safely: the same key and body return the "
+                "first answer",
+            }
+        ],
+        "security": [{"OAuth2PasswordBearer": []}],
+        "x-cityops-permission": "cases:create",
     },
 )
-async def post_case(
-    request: Request,
-    principal: Annotated[Principal, Depends(require("cases:create"))],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="repeat a create safely: the same key and body return the first answer",
-        ),
-    ] = None,
-) -> Response:
+async def post_case(request: Request) -> Response:
+    principal = await _may_create(request)
+    idempotency_key = request.headers.get("idempotency-key")
     # the body is validated here rather than by FastAPI's body parameter (which decodes the
     # JSON in Python, then validates): one pydantic-core pass over the raw bytes; its errors
     # take the same problem+json shape (app.install_error_handlers)

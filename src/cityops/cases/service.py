@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -794,7 +794,12 @@ class _NewCase:
     case: Case
     history: list[CaseEvent]
     reporter: dict[str, Any]
-    request_hash: str
+    body: CaseCreate
+
+    @cached_property
+    def request_hash(self) -> str:
+        """The report's fingerprint for its Idempotency-Key (computed only when one is used)."""
+        return _request_hash(self.body)
 
 
 def _prepare(
@@ -925,7 +930,7 @@ def _prepare(
         "merged_from": None,
         "created_at": at,
     }
-    return _NewCase(c, history, reporter, _request_hash(body))
+    return _NewCase(c, history, reporter, body)
 
 
 def _insert(session: Session, new: _NewCase, principal: Principal, at: dt.datetime) -> Any:

@@ -268,17 +268,40 @@ def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     async def dependency(
         principal: Annotated[Principal, Depends(current_principal)],
     ) -> Principal:
-        if permission == "public":
-            return principal
-        if principal is ANONYMOUS:
-            raise Unauthorized()
-        if not principal.has(permission):
-            holders = ", ".join(sorted(PERMISSIONS[permission]))
-            raise Forbidden(
-                f"{principal.username} may not do this ({permission}); it needs one of the "
-                f"roles: {holders}."
-            )
-        return principal
+        return allowed(principal, permission)
 
     dependency.permission = permission  # type: ignore[attr-defined]
     return dependency
+
+
+def allowed(principal: Principal, permission: str) -> Principal:
+    """``principal`` if they hold ``permission``; else 401 (anonymous) or 403."""
+    if permission == "public":
+        return principal
+    if principal is ANONYMOUS:
+        raise Unauthorized()
+    if not principal.has(permission):
+        holders = ", ".join(sorted(PERMISSIONS[permission]))
+        raise Forbidden(
+            f"{principal.username} may not do this ({permission}); it needs one of the "
+            f"roles: {holders}."
+        )
+    return principal
+
+
+def permission_checked(permission: str) -> Callable[[Request], Awaitable[Principal]]:
+    """:func:`require` for a route that reads its own request instead of declaring
+    dependencies — the busiest write path, where FastAPI's dependency solving cost ≈ 8 % of
+    the request. Same token handling (principal cache), same 401/403; the function carries
+    ``.permission`` like :func:`require`'s and is named in the route's ``openapi_extra``
+    (``x-cityops-permission``) for the permission test."""
+    if permission not in PERMISSIONS:
+        raise KeyError(f"unknown permission {permission!r}")
+
+    async def check(request: Request) -> Principal:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        bearer = token if scheme.lower() == "bearer" and token else None
+        return allowed(await current_principal(request, bearer), permission)
+
+    check.permission = permission  # type: ignore[attr-defined]
+    return check

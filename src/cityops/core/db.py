@@ -74,6 +74,22 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
         return process
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        """On SQLite, the stored text straight to an aware datetime (``fromisoformat``, in C)
+        instead of SQLAlchemy's regular-expression parse followed by
+        :meth:`process_result_value`."""
+        if dialect.name != "sqlite":
+            return super().result_processor(dialect, coltype)
+
+        def process(value: Any) -> dt.datetime | None:
+            if value is None:
+                return None
+            if isinstance(value, str):
+                return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
+            return self.process_result_value(value, dialect)
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
             return None

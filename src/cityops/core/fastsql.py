@@ -16,11 +16,12 @@ parameters, a tuple: compile for SQLAlchemy's asyncpg dialect), or psycopg 3 (na
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
 
@@ -30,13 +31,13 @@ class Compiled:
     what the DB-API ``execute`` takes, :meth:`row` turns a fetched row into Python values."""
 
     def __init__(self, stmt: ClauseElement, dialect: Dialect) -> None:
-        compiled = stmt.compile(dialect=dialect)
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
         self.sql = str(compiled)
         self.positional = bool(compiled.positional)
         # literal values of the statement (LIMIT 200 …) and None for the bound names
-        self._defaults: dict[str, Any] = dict(compiled.construct_params(_check=False))
+        self._defaults: dict[str, Any] = dict(compiled.construct_params(_check=False) or {})
         self._names: tuple[str, ...] = tuple(
-            compiled.positiontup if self.positional else self._defaults  # type: ignore[arg-type]
+            (compiled.positiontup or ()) if self.positional else self._defaults
         )
         procs: list[tuple[str, Processor]] = []
         for name, bind in compiled.binds.items():
@@ -45,9 +46,8 @@ class Compiled:
             if proc is not None and key in self._defaults:
                 procs.append((key, proc))
         self._procs = tuple(procs)
-        columns = getattr(stmt, "selected_columns", None) or getattr(
-            stmt, "_returning", ()
-        )  # a SELECT's columns or an INSERT's RETURNING
+        # a SELECT's columns or an INSERT's RETURNING
+        columns = getattr(stmt, "selected_columns", None) or getattr(stmt, "_returning", None) or ()
         self._results = tuple(_result_processor(col.type, dialect) for col in columns)
 
     def params(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
