@@ -601,8 +601,16 @@ def test_metrics_per_department_worker_and_xlsx(api: Api, clock: Clock, city: An
     assert san["satisfaction_rate"] == 90.0 and san["response_rate"] == 100.0
     assert rows["(unassigned)"]["reported"] == 1
     assert rows["(unassigned)"]["closure_rate"] is None  # nothing to judge: null, not 0
+    # 综合指标值 and grade of the department formula (evaluation.yaml)
+    expected = round(
+        100 * 0.1 + 50 * 0.3 + san["on_time_handling_rate"] * 0.3 + (100 - 50) * 0.3, 2
+    )
+    assert san["score"] == expected and san["grade"] in "ABCDE"
+    assert rows["(unassigned)"]["score"] is None and rows["(unassigned)"]["grade"] is None
+    assert {"score", "grade"} <= {c["key"] for c in r.json()["columns"]}
     r = api.client.get(f"/api/v1/metrics/cases?group_by=worker&{q}", headers=api.h("sup"))
     gw = {row["group"]: row for row in r.json()["rows"]}["gw"]
+    assert "score" not in gw  # no grid-worker formula is shipped
     assert (gw["reports"], gw["reports_registered"], gw["valid_report_rate"]) == (2, 2, 100.0)
     assert (gw["checks"], gw["on_time_check_rate"]) == (1, 100.0)
     r = api.client.get(

@@ -127,6 +127,51 @@ def test_three_rates() -> None:
     assert w["on_time_verification_rate"] is None
 
 
+def test_department_composite_score_and_grades() -> None:
+    """部门评价 综合指标值 = 立案数分值×10% + 结案率×30% + 按期处置率×30% + (100 − 返工率)×30%,
+    立案数分值 tiered ≤50 → 100, ≤100 → 90, ≤200 → 75, ≤500 → 60, ≤1000 → 40, else 0;
+    grades A 90–100, B 75–<90, C 60–<75, D 40–<60, E <40 (REFERENCE Part A §5)."""
+    ev = service.case_rules().evaluation
+    rule = ev.scores["department"]
+    figures = {
+        "registered": 120,
+        "closure_rate": 90.0,
+        "on_time_handling_rate": 80.0,
+        "rework_rate": 10.0,
+    }
+    # 75 × 10 % + 90 × 30 % + 80 × 30 % + (100 − 10) × 30 %
+    assert metrics.score(figures, rule) == 85.5
+    assert metrics.grade(85.5, ev.grades) == "B"
+    assert metrics.score({**figures, "registered": 50}, rule) == 88.0  # 50 is still ≤ 50
+    assert metrics.score({**figures, "registered": 1001}, rule) == 78.0  # above every tier
+    assert metrics.score({**figures, "rework_rate": None}, rule) is None  # nothing to judge
+    bands = [(100, "A"), (90, "A"), (89.99, "B"), (75, "B"), (60, "C"), (40, "D"), (39.9, "E")]
+    assert [metrics.grade(v, ev.grades) for v, _ in bands] == [g for _, g in bands]
+    assert metrics.grade(0, ev.grades) == "E" and metrics.grade(None, ev.grades) is None
+
+
+def test_score_rules_are_checked() -> None:
+    base = {"version": 1, "source": "t"}
+    term = {"figure": "closure_rate", "weight": 60}
+    with pytest.raises(ValueError, match="sum to 60"):
+        metrics.EvaluationRules.model_validate(
+            {**base, "scores": {"department": {"source": "x", "terms": [term]}}}
+        )
+    with pytest.raises(ValueError, match="not a figure of that table"):
+        metrics.EvaluationRules.model_validate(
+            {
+                **base,
+                "scores": {
+                    "worker": {"source": "x", "terms": [{**term, "weight": 100}]}
+                },  # a department figure asked of the grid workers' table
+            }
+        )
+    with pytest.raises(ValueError, match="not one of"):
+        metrics.EvaluationRules.model_validate(
+            {**base, "scores": {"city": {"source": "x", "terms": [{**term, "weight": 100}]}}}
+        )
+
+
 def test_rule_files_load_and_a_city_can_override(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

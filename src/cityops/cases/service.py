@@ -77,9 +77,12 @@ from cityops.cases.machine import (
 from cityops.cases.metrics import (
     AREA_COUNTS,
     GROUPS,
+    SCORE_COLUMNS,
     EvaluationRules,
     area_figures,
     columns_for,
+    grade,
+    score,
     worker_figures,
 )
 from cityops.cases.models import (
@@ -1838,6 +1841,13 @@ def case_metrics(
                         **area_figures(dict(r), rules.evaluation.basically_satisfied_weight),
                     }
                 )
+    scored = rules.evaluation.scores.get(group_by)
+    columns = list(columns_for(group_by))
+    if scored is not None:
+        columns += SCORE_COLUMNS
+        for row in rows:
+            row["score"] = score(row, scored)
+            row["grade"] = grade(row["score"], rules.evaluation.grades)
     return {
         "group_by": group_by,
         "from": start.isoformat(),
@@ -1845,7 +1855,7 @@ def case_metrics(
         "columns": [
             {"key": "group", "zh": "分组", "en": group_by},
             {"key": "name", "zh": "名称", "en": "name"},
-            *[{"key": c.key, "zh": c.zh, "en": c.en} for c in columns_for(group_by)],
+            *[{"key": c.key, "zh": c.zh, "en": c.en} for c in columns],
         ],
         "rows": rows,
     }
