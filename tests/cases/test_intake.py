@@ -186,7 +186,7 @@ def test_the_loop_runs_while_another_writer_holds_sqlite(city: Any, clock: Any) 
 
     (_, created), ticks, waited = asyncio.run(go())
     assert created and waited >= 0.3
-    assert ticks >= 15  # the loop kept running (a blocked loop would tick once)
+    assert ticks >= 5  # the loop kept running (a blocked loop would tick once or twice)
     assert _count(city) == 1
 
 
@@ -211,7 +211,7 @@ def test_another_process_holding_sqlite_delays_reports(city: Any, clock: Any) ->
 
     (_, created), ticks = asyncio.run(go())
     other.close()
-    assert created and ticks >= 15
+    assert created and ticks >= 5  # a blocked loop would tick once or twice
     assert _count(city) == 1
 
 
@@ -237,3 +237,40 @@ def test_creating_needs_the_permission(api: Any) -> None:
     r = api.client.post("/api/v1/cases", json=body, headers=api.h("gw"))
     assert r.status_code == 422
     assert {e["field"] for e in r.json()["errors"]} >= {"location.lon", "location.lat"}
+
+
+def test_a_failing_transaction_answers_every_waiting_report(
+    city: Any, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose transaction cannot even start (a disk error) answers its requests with
+    the error instead of leaving them waiting; the next batch is written."""
+    if not city.is_sqlite:
+        pytest.skip("SQLite's group writer")
+    real = intake.SqliteWriter._write_batch
+    calls = []
+
+    def broken_once(self: Any, con: Any, batch: Any) -> Any:
+        calls.append(len(batch))
+        if len(calls) == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, con, batch)
+
+    monkeypatch.setattr(intake.SqliteWriter, "_write_batch", broken_once)
+
+    async def go() -> list[Any]:
+        writer = await intake.open_writer(city)
+        try:
+            await intake.create(writer, city, SEAT, _body(), None)  # caches warm: one batch next
+            first = await asyncio.gather(
+                *(intake.create(writer, city, SEAT, _body(), None) for _ in range(3)),
+                return_exceptions=True,
+            )
+            second = await intake.create(writer, city, SEAT, _body(), None)
+        finally:
+            await writer.close()
+        return [*first, second]
+
+    *failed, (_, created) = asyncio.run(go())
+    assert calls == [1, 3, 1]
+    assert all(isinstance(r, sqlite3.OperationalError) for r in failed)
+    assert created and _count(city) == 2

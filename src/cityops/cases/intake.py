@@ -7,20 +7,20 @@ thread hop), and the write goes to the backend's writer, which runs the statemen
 once (:mod:`cityops.core.fastsql`) on the DB-API connection — the same rows the service's
 Core path writes (a test compares them), without SQLAlchemy's per-statement execution cost.
 
-* **SQLite** — :class:`SqliteWriter`: one thread per database and process takes every report
-  waiting and writes them in **one** transaction, each inside its own ``SAVEPOINT`` (group
-  commit). A report that breaks a constraint rolls back alone; the others commit; every
-  answer is sent only after the ``COMMIT``, so an acknowledged report is never lost. SQLite
-  has one writer at a time anyway: this writer queues on the process's writer lock like every
-  other (:func:`cityops.core.events.writer_lock`), and a batch writes each shared B-tree page
-  (the tables' and indexes' right-most leaves) to the WAL once instead of once per report.
-* **PostgreSQL** — :class:`PostgresWriter`: an asyncpg connection pool, one transaction per
-  report; every statement is prepared once per connection, the three history events and the
-  three outbox events each go in one pipelined ``executemany``.
+* **SQLite** — :class:`SqliteWriter`: reports that arrive together are written in **one**
+  transaction on the event loop, each inside its own ``SAVEPOINT`` (group commit). A report
+  that breaks a constraint rolls back alone; the others commit; every answer is sent only
+  after the ``COMMIT``, so an acknowledged report is never lost. SQLite has one writer at a
+  time anyway: the writer queues on the process's writer lock like every other
+  (:func:`cityops.core.events.writer_lock`), and a batch writes each shared B-tree page (the
+  tables' and indexes' right-most leaves) to the WAL once instead of once per report.
+* **PostgreSQL** — :class:`PostgresWriter`: an asyncpg connection pool; a report is the
+  duplicate search and then **one** statement (data-modifying CTEs, :func:`create_statement`)
+  that writes every row — one statement is one transaction.
 
-Each report's transaction holds what :func:`cityops.cases.service.create_case` holds: the
-likely-duplicate search, the case, its three history events, the reporter, three outbox
-events and the Idempotency-Key's first answer.
+A report writes what :func:`cityops.cases.service.create_case` writes: the case, its history
+events, the reporter, its outbox events and the Idempotency-Key's first answer, after the
+likely-duplicate search.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ class SqliteWriter:
 
     async def close(self) -> None:
         if self._drain is not None:
-            await self._drain
+            await asyncio.gather(self._drain, return_exceptions=True)
         self._con.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         self._raw.close()
 
@@ -200,6 +200,9 @@ class SqliteWriter:
                 batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
                 try:
                     results = await self._write_locked(batch)
+                except Exception as exc:  # never leave a request waiting (disk I/O error …)
+                    log.exception("case writer: a batch of %d reports failed", len(batch))
+                    results = [exc] * len(batch)
                 finally:
                     self._lock.release()
                 _settle(list(zip((f for _, f in batch), results, strict=True)))
@@ -248,9 +251,7 @@ class SqliteWriter:
                 rows = con.execute(
                     st.duplicates.sql, st.duplicates.params(service.duplicate_params(new))
                 ).fetchall()
-                service.settle_duplicates(
-                    new, [service.candidate(st.duplicates.row(r)) for r in rows]
-                )
+                service.settle_duplicates(new, st.candidates(rows))
                 pk = con.execute(st.case.sql, st.case.params(service.case_row(new))).fetchone()[0]
                 con.executemany(st.event.sql, st.event.many(service.history_rows(new, pk)))
                 con.execute(st.reporter.sql, st.reporter.params(service.reporter_row(new, pk)))
