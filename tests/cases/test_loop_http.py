@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy import func, select
 
+from cityops.base import grid_workers
 from cityops.cases import machine, service, worker
 from cityops.cases.models import Case, CaseEvent
 from cityops.core import events, notify
@@ -576,7 +577,8 @@ def test_metrics_per_department_worker_and_xlsx(api: Api, clock: Clock, city: An
 
     a = dispatched(api, clock)["id"]  # handling due 09-30 17:30
     b = dispatched(api, clock, at=IN_COMMUNITY_2)["id"]
-    api.report("cit", source="online")  # reported, never registered
+    public = api.report("cit", source="online")  # reported, never registered
+    api.act("gw", public["id"], "verify", note="seen on site", found=True)  # 核实, on time
     api.act("san", a, "accept")
     clock.set(cst(2025, 9, 30, 10))
     api.act("san", a, "resolve", note="ok")
@@ -610,9 +612,20 @@ def test_metrics_per_department_worker_and_xlsx(api: Api, clock: Clock, city: An
     assert {"score", "grade"} <= {c["key"] for c in r.json()["columns"]}
     r = api.client.get(f"/api/v1/metrics/cases?group_by=worker&{q}", headers=api.h("sup"))
     gw = {row["group"]: row for row in r.json()["rows"]}["gw"]
-    assert "score" not in gw  # no grid-worker formula is shipped
     assert (gw["reports"], gw["reports_registered"], gw["valid_report_rate"]) == (2, 2, 100.0)
-    assert (gw["checks"], gw["on_time_check_rate"]) == (1, 100.0)
+    # no grids assigned: no tasks, so no 按时核实/核查率 (nothing to judge) and no score
+    assert (gw["checks"], gw["due_checks"], gw["on_time_check_rate"]) == (1, 0, None)
+    assert gw["score"] is None
+    # the grids of both cases assigned to gw: 2 resolutions to check (b's rework included),
+    # 1 checked on time; 1 public report to verify, verified on time; nothing missed
+    grid_workers.assign(city, "gw", ["110105001001001", "110105001002001"])
+    r = api.client.get(f"/api/v1/metrics/cases?group_by=worker&{q}", headers=api.h("sup"))
+    gw = {row["group"]: row for row in r.json()["rows"]}["gw"]
+    assert (gw["due_checks"], gw["on_time_check_rate"]) == (2, 50.0)
+    assert (gw["due_verifications"], gw["on_time_verification_rate"]) == (1, 100.0)
+    assert (gw["missed"], gw["missed_rate"]) == (0, 0.0)
+    # 100 × 40 % + (100 − 0) × 20 % + 100 × 20 % + 50 × 20 %
+    assert (gw["score"], gw["grade"]) == (90.0, "A")
     r = api.client.get(
         f"/api/v1/metrics/cases?group_by=street&{q}&format=xlsx", headers=api.h("ana")
     )

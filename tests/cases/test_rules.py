@@ -121,10 +121,19 @@ def test_three_rates() -> None:
     assert (got["response_rate"], got["resolution_rate"]) == (95.0, 75.0)
     assert got["satisfaction_rate"] == 82.5  # (120 + 0.9 × 50) / 200
     w = metrics.worker_figures(
-        {"reports": 40, "reports_registered": 30, "checks": 10, "checks_on_time": 9}
+        {
+            "reports": 40,
+            "reports_registered": 30,
+            "checks": 12,  # done anywhere; the rate is over the tasks of their grids
+            "due_checks": 10,
+            "checked_on_time": 9,
+            "missed": 3,
+            "grid_registered": 30,
+        }
     )
     assert (w["valid_report_rate"], w["on_time_check_rate"]) == (75.0, 90.0)
-    assert w["on_time_verification_rate"] is None
+    assert w["missed_rate"] == 10.0
+    assert w["on_time_verification_rate"] is None  # no public report to verify
 
 
 def test_department_composite_score_and_grades() -> None:

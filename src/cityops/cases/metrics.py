@@ -9,9 +9,11 @@ standard [1]; §6 for the 三率 [1]), all rates in per cent:
 * 监督举报率 = 监督举报核实数 / 立案数: public reports that became cases, i.e. problems the grid
   workers missed (lower is better).
 * Grid worker (监督员, DESIGN §8 "Roles"): 有效上报率 = 有效上报数 / 上报数; 按时核实率 =
-  按时核实数 / 核实数; 按时核查率 = 按时核查数 / 核查数. The standard's denominators are 应核实数 /
-  应核查数 (tasks sent to the worker); cityops has no task assignment yet, so it divides by the
-  checks done — said here and in docs/cases.md.
+  按时核实数 / 应核实数; 按时核查率 = 按时核查数 / 应核查数; 漏报率 = 漏报数 / 立案数. The tasks
+  are those of the grids assigned to the worker (``grid_assignments``): every public report in
+  them is one 核实 task, every resolution one 核查 task; 漏报数 counts the public reports in
+  them that were registered (problems the worker did not report); 立案数 is their grids'.
+  核实数 / 核查数 (all the worker did, anywhere) are shown beside.
 * 12345 三率 over 有效回访数 (valid follow-ups): 响应率 = 已联系数 / 有效回访数, 解决率 = 已解决数 /
   有效回访数, 满意率 = (满意数 + w × 基本满意数) / 有效回访数 with w from ``evaluation.yaml``
   (0.9 [1]; Beijing's official coefficient is [U]).
@@ -23,10 +25,10 @@ A rate with a zero denominator is ``None`` (no cases to judge), not 0 % (decisio
 E <40; §5 [1]): a weighted sum of the table's figures, each scored 0–100 ("分值": a rate as it
 is, a lower-is-better rate as 100 − rate, a count by the city's tiers). Which figures and
 weights, per group, is ``evaluation.yaml``'s ``scores``: cityops ships the department formula
-of §5 (立案数分值×10% + 结案率×30% + 按期处置率×30% + (100 − 返工率)×30%). The area formula's
-weights are mis-copied in the source (they sum to 70 %) and the grid worker's needs 漏报率,
-which needs task assignment: neither is shipped, a city may add its own. A score with a
-figure that has nothing to judge (``None``) is ``None``.
+of §5 (立案数分值×10% + 结案率×30% + 按期处置率×30% + (100 − 返工率)×30%) and the grid worker's
+(有效上报率×40% + (100 − 漏报率)×20% + 按时核实率×20% + 按时核查率×20%). The area formula's
+weights are mis-copied in the source (they sum to 70 %): not shipped, a city may add its own.
+A score with a figure that has nothing to judge (``None``) is ``None``.
 """
 
 from __future__ import annotations
@@ -125,9 +127,13 @@ WORKER_COUNTS = (
     "reports",
     "reports_registered",
     "verifications",
-    "verifications_on_time",
     "checks",
-    "checks_on_time",
+    "due_verifications",
+    "verified_on_time",
+    "due_checks",
+    "checked_on_time",
+    "missed",
+    "grid_registered",
 )
 
 AREA_COLUMNS = (
@@ -157,10 +163,14 @@ WORKER_COLUMNS = (
     Column("reports", "上报数", "reports"),
     Column("reports_registered", "有效上报数", "reports registered"),
     Column("valid_report_rate", "有效上报率(%)", "valid-report rate %"),
-    Column("verifications", "核实数", "verifications (核实)"),
+    Column("verifications", "核实数", "verifications done (核实)"),
+    Column("due_verifications", "应核实数", "verifications due in their grids"),
     Column("on_time_verification_rate", "按时核实率(%)", "on-time verification rate %"),
-    Column("checks", "核查数", "checks (核查)"),
+    Column("checks", "核查数", "checks done (核查)"),
+    Column("due_checks", "应核查数", "checks due in their grids"),
     Column("on_time_check_rate", "按时核查率(%)", "on-time check rate %"),
+    Column("missed", "漏报数", "public reports registered in their grids"),
+    Column("missed_rate", "漏报率(%)", "missed rate %"),
 )
 
 
@@ -213,9 +223,13 @@ def worker_figures(counts: Mapping[str, float]) -> dict[str, float | None]:
         "reports_registered": c["reports_registered"],
         "valid_report_rate": rate(c["reports_registered"], c["reports"]),
         "verifications": c["verifications"],
-        "on_time_verification_rate": rate(c["verifications_on_time"], c["verifications"]),
+        "due_verifications": c["due_verifications"],
+        "on_time_verification_rate": rate(c["verified_on_time"], c["due_verifications"]),
         "checks": c["checks"],
-        "on_time_check_rate": rate(c["checks_on_time"], c["checks"]),
+        "due_checks": c["due_checks"],
+        "on_time_check_rate": rate(c["checked_on_time"], c["due_checks"]),
+        "missed": c["missed"],
+        "missed_rate": rate(c["missed"], c["grid_registered"]),
     }
 
 

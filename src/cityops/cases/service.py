@@ -1766,6 +1766,59 @@ def _area_aggregates(to: dt.datetime) -> list[Any]:
     return [v.label(k) for k, v in cols.items()]
 
 
+def _assigned_tasks(
+    session: Session,
+    counts: dict[str, dict[str, float]],
+    period: ColumnElement[bool],
+    scope: ColumnElement[bool],
+    end: dt.datetime,
+) -> None:
+    """The grid worker's tasks (应核实, 应核查) and misses (漏报) in the grids assigned to them
+    (``grid_assignments``), for the cohort's cases: every public report in their grids is one
+    核实 task, every resolution one 核查 task; a public report that was registered is a problem
+    they did not report themselves (漏报). Their on-time 核实/核查 of those tasks are the
+    numerators of the standard's rates (REFERENCE Part A §5, 监督员)."""
+    from cityops.base.models import GridAssignment
+    from cityops.core.models import User
+
+    public = [s.value for s in PUBLIC_SOURCES]
+    is_public = Case.source.in_(public)
+    registered = and_(Case.registered_at.is_not(None), Case.registered_at < end)
+
+    def n(cond: ColumnElement[bool]) -> Any:
+        return func.sum(case((cond, 1), else_=0))
+
+    mine = (
+        select(User.username)
+        .select_from(Case)
+        .join(GridAssignment, GridAssignment.grid_code == Case.grid_code)
+        .join(User, User.id == GridAssignment.user_id)
+        .where(period, scope)
+    )
+    for who, due_verify, missed, registered_n in session.execute(
+        mine.add_columns(n(is_public), n(and_(is_public, registered)), n(registered)).group_by(
+            User.username
+        )
+    ):
+        counts.setdefault(who, {}).update(
+            due_verifications=due_verify or 0, missed=missed or 0, grid_registered=registered_n or 0
+        )
+    on_time = and_(CaseEvent.actor == User.username, CaseEvent.at <= CaseEvent.stage_due_at)
+    for who, action, total, done_on_time in session.execute(
+        mine.join(CaseEvent, CaseEvent.case_pk == Case.pk)
+        .add_columns(CaseEvent.action, func.count(), n(on_time))
+        .where(CaseEvent.action.in_(("resolve", "verify", "check")), CaseEvent.at < end)
+        .group_by(User.username, CaseEvent.action)
+    ):
+        row = counts.setdefault(who, {})
+        if action == "resolve":
+            row["due_checks"] = total
+        elif action == "verify":
+            row["verified_on_time"] = done_on_time or 0
+        else:
+            row["checked_on_time"] = done_on_time or 0
+
+
 def case_metrics(
     db: Database,
     principal: Principal,
@@ -1801,13 +1854,8 @@ def case_metrics(
                 counts.setdefault(who, {}).update(
                     reports=reports, reports_registered=registered or 0
                 )
-            for who, act, done, on_time in session.execute(
-                select(
-                    CaseEvent.actor,
-                    CaseEvent.action,
-                    func.count(),
-                    func.sum(case((CaseEvent.at <= CaseEvent.stage_due_at, 1), else_=0)),
-                )
+            for who, act, done in session.execute(
+                select(CaseEvent.actor, CaseEvent.action, func.count())
                 .join(Case, Case.pk == CaseEvent.case_pk)
                 .where(
                     text("action IN ('verify', 'check')"),  # the partial index's own words
@@ -1818,7 +1866,8 @@ def case_metrics(
                 .group_by(CaseEvent.actor, CaseEvent.action)
             ):
                 key = "verifications" if act == "verify" else "checks"
-                counts.setdefault(who, {}).update({key: done, f"{key}_on_time": on_time or 0})
+                counts.setdefault(who, {})[key] = done
+            _assigned_tasks(session, counts, period, scope, end)
             for who in sorted(counts):
                 rows.append({"group": who, "name": who, **worker_figures(counts[who])})
         else:
