@@ -178,9 +178,9 @@ def test_a_cancelled_case_closes_its_incident_with_the_reason(db, case_loop: Any
     assert reason in inc.note
 
 
-def test_a_merged_case_hands_its_incident_to_the_surviving_case(db, case_loop: Any) -> None:
-    from cityops.cases.models import Case
-
+def _two_leaks_merged(db: Any, case_loop: Any) -> tuple[Any, Any, str, str]:
+    """Two verified gas-leak incidents, each with its case; the first case merged into the
+    second. Returns both incidents and the merged and surviving case ids."""
     first = leak(db, "G1", "GAS-1", 0)
     second = leak(db, "G2", "GAS-2", 800)
     for iid in (first, second):
@@ -189,6 +189,13 @@ def test_a_merged_case_hands_its_incident_to_the_surviving_case(db, case_loop: A
     dup, survivor = incident(db, first)[0].case_id, incident(db, second)[0].case_id
     assert dup and survivor and dup != survivor
     act(case_loop, db, SUP, dup, "merge", into=survivor, note="same leak")
+    return first, second, dup, survivor
+
+
+def test_a_merged_case_hands_its_incident_to_the_surviving_case(db, case_loop: Any) -> None:
+    from cityops.cases.models import Case
+
+    first, second, dup, survivor = _two_leaks_merged(db, case_loop)
     drain(db)
     inc, trs = incident(db, first)
     assert (inc.state, inc.case_id) == ("pushed", survivor)
@@ -208,13 +215,7 @@ def test_a_merged_case_hands_its_incident_to_the_surviving_case(db, case_loop: A
 def test_a_merge_seen_after_the_survivor_ended_still_ends_the_incident(db, case_loop: Any) -> None:
     """Outbox events of different cases may be applied out of order (retries): following a
     merge looks at where the surviving case is now."""
-    first = leak(db, "G1", "GAS-1", 0)
-    second = leak(db, "G2", "GAS-2", 800)
-    for iid in (first, second):
-        verify(db, iid)
-    drain(db)
-    dup, survivor = incident(db, first)[0].case_id, incident(db, second)[0].case_id
-    act(case_loop, db, SUP, dup, "merge", into=survivor, note="same leak")
+    first, _, dup, survivor = _two_leaks_merged(db, case_loop)
     act(case_loop, db, SUP, survivor, "cancel", note="utility handles it itself")
     # the survivor's end is applied first, the merge afterwards
     with db.write() as s:

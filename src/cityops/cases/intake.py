@@ -31,7 +31,7 @@ import json
 import logging
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, union_all
@@ -54,19 +54,27 @@ class _Busy(Exception):
 
 
 class Statements:
-    """The create path's statements compiled for one dialect."""
+    """The create path's reads compiled for one dialect: the duplicate search and the stored
+    answer of a repeated key (each writer adds its inserts)."""
 
     def __init__(self, dialect: Dialect) -> None:
         self.duplicates = Compiled(service._DUPLICATE_QUERY, dialect)
+        self.replay = Compiled(service._SELECT_IDEMPOTENCY, dialect)
+
+    def candidates(self, rows: list[Any]) -> list[Any]:
+        return [service.candidate(self.duplicates.row(r)) for r in rows]
+
+
+class SqliteStatements(Statements):
+    """… and one insert per table (SQLite: the rows go in one by one, inside a savepoint)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        super().__init__(dialect)
         self.case = compiled_insert(service.CASES, dialect, skip=["pk"], returning="pk")
         self.event = compiled_insert(service.CASE_EVENTS, dialect, skip=["id"])
         self.reporter = compiled_insert(service.CASE_REPORTERS, dialect, skip=["pk"])
         self.outbox = compiled_insert(events.OUTBOX, dialect, skip=["id"])
         self.idempotency = compiled_insert(service.IDEMPOTENCY, dialect)
-        self.replay = Compiled(service._SELECT_IDEMPOTENCY, dialect)
-
-    def candidates(self, rows: list[Any]) -> list[Any]:
-        return [service.candidate(self.duplicates.row(r)) for r in rows]
 
 
 # the tables' columns a new case writes (keys and the case's key in the others are generated)
@@ -127,7 +135,7 @@ class Report:
     replay: dict[str, Any] | None = None
     #: filled by the writer when a key is given: the answer as stored with the key
     out: dict[str, Any] | None = None
-    tries: int = field(default=0)
+    tries: int = 0
 
     def answer(self) -> dict[str, Any]:
         """The answer as stored with the key (computed once, inside the transaction)."""
@@ -167,7 +175,7 @@ class SqliteWriter:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.st = Statements(db.engine.dialect)
+        self.st = SqliteStatements(db.engine.dialect)
         self._lock = events.writer_lock(db)
         self._pending: list[tuple[Report, asyncio.Future[Report]]] = []
         self._drain: asyncio.Task[None] | None = None
@@ -253,6 +261,7 @@ class SqliteWriter:
                 ).fetchall()
                 service.settle_duplicates(new, st.candidates(rows))
                 pk = con.execute(st.case.sql, st.case.params(service.case_row(new))).fetchone()[0]
+                new.case.pk = pk
                 con.executemany(st.event.sql, st.event.many(service.history_rows(new, pk)))
                 con.execute(st.reporter.sql, st.reporter.params(service.reporter_row(new, pk)))
                 con.executemany(
@@ -359,7 +368,8 @@ class PostgresWriter:
             st.duplicates.sql, *st.duplicates.params(service.duplicate_params(new))
         )
         service.settle_duplicates(new, st.candidates(rows))
-        history = service.history_rows(new, 0)
+        # the statement takes the case's key from its own INSERT (pk None here)
+        history = service.history_rows(new, None)
         outbox = events.outbox_rows(service.outbox_items(new), report.at)
         shape = (len(history), len(outbox), report.key is not None)
         create = self._create.get(shape)
@@ -368,7 +378,7 @@ class PostgresWriter:
         values = {f"c_{k}": v for k, v in service.case_row(new).items()}
         for i, row in enumerate(history):
             values.update({f"e{i}_{k}": v for k, v in row.items()})
-        values.update({f"r_{k}": v for k, v in service.reporter_row(new, 0).items()})
+        values.update({f"r_{k}": v for k, v in service.reporter_row(new, None).items()})
         for i, row in enumerate(outbox):
             values.update({f"o{i}_{k}": v for k, v in row.items()})
         if report.key is not None:

@@ -947,7 +947,7 @@ def _insert(session: Session, new: _NewCase, principal: Principal, at: dt.dateti
     conn = session.connection()
     rows = conn.execute(_DUPLICATE_QUERY, duplicate_params(new)).all()
     settle_duplicates(new, [candidate(r) for r in rows])
-    pk = conn.execute(_INSERT_CASE, case_row(new)).scalar_one()
+    new.case.pk = pk = conn.execute(_INSERT_CASE, case_row(new)).scalar_one()
     conn.execute(_INSERT_EVENTS, history_rows(new, pk))
     conn.execute(_INSERT_REPORTER, [reporter_row(new, pk)])
     conn.execute(events.INSERT_OUTBOX, events.outbox_rows(outbox_items(new), at))
@@ -958,12 +958,12 @@ def case_row(new: _NewCase) -> dict[str, Any]:
     return _row(new.case, "pk")
 
 
-def history_rows(new: _NewCase, pk: int) -> list[dict[str, Any]]:
-    new.case.pk = pk
+def history_rows(new: _NewCase, pk: int | None) -> list[dict[str, Any]]:
+    """The history rows of a new case (``pk`` None: the statement supplies the case's key)."""
     return [{**_row(ev, "id"), "case_pk": pk} for ev in new.history]
 
 
-def reporter_row(new: _NewCase, pk: int) -> dict[str, Any]:
+def reporter_row(new: _NewCase, pk: int | None) -> dict[str, Any]:
     return {**new.reporter, "case_pk": pk}
 
 
